@@ -1,0 +1,65 @@
+# vpr_ros — on a fresh machine: `make demo` and `make test`. Everything else is optional.
+#
+#   make demo     venv + default model + map from the shipped corridor images + localization through the
+#                 real node; prints recall and latency, writes out/demo/{report.json,*.png}
+#   make test     the test suite (real rclpy graphs on loopback, real FAISS / ONNX Runtime / bags)
+#   make bench    performance suite -> bench/results/*.json (not part of `make test`)
+#   make models   build the default ONNX encoder (needs torch; done by demo/test when missing)
+#   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
+#   make lint     ruff;  make config  regenerate config/*.yaml from the typed defaults
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.vpr_ros-installed
+REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt
+DEFAULT_MODEL := models/efficientnet_lite0_b10.onnx
+
+# Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+ROS_DOMAIN_ID ?= $(shell $(PYTHON) -c 'import random; print(random.randint(1, 100))')
+export ROS_DOMAIN_ID
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test bench models colcon lint config clean venv
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS) setup.py training/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -r requirements/training.txt
+	# The official Patch-NetVLAD (reference for parity tests and benchmarks) pins a 'faiss' that has no
+	# wheel; install it without dependencies (its real needs are in requirements/reference.txt).
+	$(PY) -m pip install --quiet -r requirements/reference.txt
+	$(PY) -m pip install --quiet --no-deps patchnetvlad==0.1.8
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e training
+	touch $@
+
+models: $(DEFAULT_MODEL)
+
+$(DEFAULT_MODEL): $(STAMP) $(wildcard training/vpr_training/backbones/*.py training/vpr_training/export/*.py)
+	$(PY) -m vpr_training.export.default_encoder --out-dir models
+
+demo: $(STAMP) $(DEFAULT_MODEL)
+	$(PY) -m vpr_ros.tools.demo --out out/demo
+
+test: $(STAMP) $(DEFAULT_MODEL)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) $(DEFAULT_MODEL)
+	$(PY) -m bench
+
+colcon: $(STAMP)
+	. $(VENV)/bin/activate && colcon build --base-paths . --packages-select vpr_ros --build-base build/colcon \
+		--install-base install
+	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file config/localize.yaml"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+config: $(STAMP)
+	$(PY) -m vpr_ros.tools.render_configs
+
+clean:
+	rm -rf out build install log .pytest_cache .ruff_cache

@@ -1,0 +1,34 @@
+"""ament_python package vpr_ros; also pip-installable (console scripts then land in the environment's bin/)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "vpr_ros"
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(include=["vpr_ros", "vpr_ros.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
+        ("share/" + package_name, ["package.xml"]),
+        ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
+        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="vpr_ros maintainers",
+    maintainer_email="vpr_ros@example.org",
+    description="Visual place recognition for ROS 2: relocalization and loop-closure candidates.",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    entry_points={
+        "console_scripts": [
+            "build_map = vpr_ros.nodes.build_map:entry_point",
+            "localize = vpr_ros.nodes.localize:main",
+            "evaluate = vpr_ros.nodes.evaluate:entry_point",
+        ],
+    },
+)

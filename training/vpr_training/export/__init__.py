@@ -1,0 +1,1 @@
+"""Export of trained or pretrained encoders to ONNX, with model cards and parity checks."""

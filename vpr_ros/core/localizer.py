@@ -1,0 +1,154 @@
+"""The localization pipeline, ROS-free: image -> encode -> retrieve top-k -> (re-rank) -> Hypothesis.
+
+Every stage is a method so a notebook can run them one by one::
+
+    loc = Localizer.from_paths("out/corridor_map")
+    q = loc.encode(rgb)                  # local features + global descriptor
+    cands = loc.retrieve(q)              # FAISS top-k
+    hyp = loc.localize(rgb, stamp=0.0)   # all stages, with per-stage timings
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vpr_ros.config import section, setting
+from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+from vpr_ros.core.refmap import ReferenceMap
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Retrieval and hypothesis settings of the localization pipeline."""
+
+    top_k: int = setting(10, "reference candidates retrieved from the FAISS index per query", min=1)
+    confidence_radius: float = setting(
+        5.0, "candidates within this distance (map units, normally metres) of the best one count as the "
+        "same place when the confidence ratio test looks for the best competing place", min=0.0)
+    encoder: EncoderConfig = section(EncoderConfig)
+
+
+@dataclass
+class QueryFeatures:
+    """What the encoder produced for one query image.
+
+    Shape:
+        features: (1, C, h, w) local feature map; global_descriptor: (P,) L2-normalised.
+    """
+
+    features: np.ndarray
+    global_descriptor: np.ndarray
+
+
+@dataclass
+class Candidates:
+    """Ranked reference candidates for one query, best first.
+
+    Shape:
+        indices: (k,) row indices into the map; scores: (k,) similarity, higher is better.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass
+class Hypothesis:
+    """The pipeline's answer for one query frame.
+
+    ``confidence`` in [0, 1] is a ratio test on cosine distances: 1 - d_best / d_competitor, where the
+    competitor is the best candidate farther than ``confidence_radius`` from the best one.
+    """
+
+    stamp: float
+    indices: np.ndarray
+    ids: np.ndarray
+    scores: np.ndarray
+    positions: np.ndarray
+    orientations: np.ndarray
+    confidence: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best_index(self) -> int:
+        return int(self.indices[0])
+
+    @property
+    def best_id(self) -> int:
+        return int(self.ids[0])
+
+
+def ratio_confidence(scores: np.ndarray, positions: np.ndarray, radius: float) -> float:
+    """1 - d1/d2 on cosine distances d = 1 - s, d2 from the best candidate outside ``radius`` of the first.
+
+    Candidates without a known position compete unless they are the best one itself.
+    """
+    if scores.size == 0:
+        return 0.0
+    d1 = max(1.0 - float(scores[0]), 0.0)
+    dist = np.linalg.norm(positions[1:] - positions[0], axis=1) if len(positions) > 1 else np.zeros(0)
+    other = ~(dist <= radius)  # NaN distances (unknown poses) count as other places
+    if not other.any():
+        return float(np.clip(1.0 - d1, 0.0, 1.0))
+    d2 = max(1.0 - float(scores[1:][other][0]), 1e-9)
+    return float(np.clip(1.0 - d1 / d2, 0.0, 1.0))
+
+
+class Localizer:
+    """Runs the pipeline against one reference map with one encoder."""
+
+    def __init__(self, refmap: ReferenceMap, encoder: OnnxEncoder, config: LocalizerConfig | None = None) -> None:
+        self.config = config or LocalizerConfig()
+        refmap.check_encoder(encoder.describe())
+        self.refmap = refmap
+        self.encoder = encoder
+        self.height, self.width = (int(v) for v in refmap.input_size)
+
+    @classmethod
+    def from_paths(cls, map_path: str, config: LocalizerConfig | None = None, verify: bool = True) -> Localizer:
+        config = config or LocalizerConfig()
+        return cls(ReferenceMap.load(map_path, verify=verify), OnnxEncoder(config.encoder), config)
+
+    # ---- stages ----------------------------------------------------------------------------------
+    def encode(self, image: np.ndarray) -> QueryFeatures:
+        return self.encode_many([image])[0]
+
+    def encode_many(self, images: list[np.ndarray]) -> list[QueryFeatures]:
+        feats = self.encoder.features(images, self.height, self.width)
+        globals_ = self.refmap.head.global_descriptors(feats)
+        return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
+
+    def retrieve(self, query: QueryFeatures, k: int | None = None) -> Candidates:
+        sims, idx = self.refmap.search(query.global_descriptor[None], k or self.config.top_k)
+        keep = idx[0] >= 0  # FAISS pads with -1 when fewer than k results exist
+        return Candidates(idx[0][keep].astype(np.int64), sims[0][keep].astype(np.float32))
+
+    def hypothesis(self, candidates: Candidates, stamp: float, timings: dict[str, float]) -> Hypothesis:
+        frames = self.refmap.frames
+        idx = candidates.indices
+        positions = frames.positions[idx]
+        return Hypothesis(stamp=stamp, indices=idx, ids=frames.ids[idx], scores=candidates.scores,
+                          positions=positions, orientations=frames.orientations[idx],
+                          confidence=ratio_confidence(candidates.scores, positions, self.config.confidence_radius),
+                          timings_ms=timings)
+
+    # ---- end to end ------------------------------------------------------------------------------
+    def localize(self, image: np.ndarray, stamp: float = 0.0) -> Hypothesis:
+        """Full pipeline for one RGB uint8 image, with per-stage wall times in ``timings_ms``."""
+        t0 = time.perf_counter()
+        query = self.encode(image)
+        t1 = time.perf_counter()
+        candidates = self.retrieve(query)
+        t2 = time.perf_counter()
+        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+        return self.hypothesis(candidates, stamp, timings)
+
+    def localize_many(self, images: Iterable[np.ndarray], stamps: Iterable[float] | None = None) -> list[Hypothesis]:
+        """One hypothesis per image, each timed on its own (as the node would see it)."""
+        images = list(images)
+        stamps = list(stamps) if stamps is not None else [0.0] * len(images)
+        return [self.localize(im, st) for im, st in zip(images, stamps, strict=True)]

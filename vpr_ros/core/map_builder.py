@@ -1,0 +1,221 @@
+"""Build a ReferenceMap from frames (images + poses), resumable and atomic.
+
+Two passes over the images:
+
+1. *fit*: encode a sample of up to ``vlad.fit_images`` frames, fit the VLAD vocabulary (k-means) on
+   their local features, then the PCA-whitening on their VLADs;
+2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks.
+
+Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
+finished chunk. An interrupted build started again with the same inputs and settings continues where it
+stopped; different inputs or settings start afresh. The map itself is written atomically at the end
+(see :meth:`ReferenceMap.save`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from vpr_ros.config import config_to_dict, section, setting
+from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap
+from vpr_ros.core.vlad import (
+    VladConfig,
+    VladHead,
+    assignment_from_centroids,
+    fit_pca_whitening,
+    kmeans_vocabulary,
+    local_descriptors,
+)
+
+log = logging.getLogger(__name__)
+
+#: Extra per-frame outputs (e.g. Patch-NetVLAD patch descriptors): features (B, C, h, w), head ->
+#: named arrays with B rows each, stored in the map's ``arrays/``.
+FrameExtractor = Callable[[np.ndarray, VladHead], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BuildMapConfig:
+    """How a reference map is built from images."""
+
+    image_height: int = setting(0, "network input height in pixels (0 = automatic, see max_upscale)", min=0)
+    image_width: int = setting(0, "network input width in pixels (0 = automatic, see max_upscale)", min=0)
+    max_upscale: float = setting(
+        2.0, "automatic input size: the model card's default (480x640 for the default model), but images "
+        "smaller than that are enlarged at most this many times (more would invent no detail; fewer pixels "
+        "leave too few local features for VLAD)", min=1.0)
+    chunk_size: int = setting(256, "frames per resumable chunk", min=1)
+    frame_id: str = setting("map", "coordinate frame of the poses; published as header.frame_id")
+    encoder: EncoderConfig = section(EncoderConfig)
+    vlad: VladConfig = section(VladConfig)
+    index: IndexConfig = section(IndexConfig)
+
+
+@dataclass
+class FrameSource:
+    """Frames to map: metadata plus a loader of frame ``i`` as RGB uint8 (H, W, 3)."""
+
+    frames: FrameTable
+    load_image: Callable[[int], np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _fingerprint(config: BuildMapConfig, encoder: OnnxEncoder, frames: FrameTable,
+                 extra: dict[str, Any]) -> str:
+    payload = json.dumps({"config": config_to_dict(config), "encoder": encoder.sha256, "names": frames.names,
+                          "sources": frames.sources, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def input_size(config: BuildMapConfig, encoder: OnnxEncoder, image_hw: tuple[int, int]) -> tuple[int, int]:
+    """Network input (height, width): explicit settings, else the card's default capped at max_upscale x image.
+
+    Automatic sizes are rounded up to the model's size multiple (its output stride).
+    """
+    multiple = int(encoder.card.raw.get("input", {}).get("size_multiple", encoder.card.stride))
+    auto = []
+    for default, actual in zip(encoder.card.default_size, image_hw, strict=True):
+        target = min(default, actual * config.max_upscale)
+        auto.append(int(-(-target // multiple) * multiple))
+    return (config.image_height or auto[0], config.image_width or auto[1])
+
+
+def fit_head(source: FrameSource, encoder: OnnxEncoder, size: tuple[int, int], cfg: VladConfig,
+             progress: bool = True) -> VladHead:
+    """Fit the VLAD vocabulary and PCA-whitening on a sample of the frames (pass 1)."""
+    rng = np.random.default_rng(cfg.seed)
+    n = len(source)
+    sample = np.sort(rng.choice(n, size=min(n, cfg.fit_images), replace=False))
+    # Feature maps of the sample are kept (as float16, ~270 MB for 1000 images at 640x480) so the PCA can be
+    # fitted on their VLADs once the vocabulary exists, without encoding the sample twice.
+    feats_list, kmeans_list = [], []
+    bs = encoder.config.batch_size
+    for start in tqdm(range(0, len(sample), bs), desc="fit: encode sample", unit="batch", disable=not progress):
+        feats = encoder.features([source.load_image(int(i)) for i in sample[start:start + bs]], *size)
+        local = local_descriptors(feats, normalize=True)  # (b, h*w, D), L2-normalised like the head's input
+        per_image = min(cfg.kmeans_features_per_image, local.shape[1])
+        picks = np.stack([rng.choice(local.shape[1], per_image, replace=False) for _ in range(len(local))])
+        kmeans_list.append(np.take_along_axis(local, picks[:, :, None], axis=1).reshape(-1, local.shape[2]))
+        feats_list.append(feats.astype(np.float16))
+    kmeans_samples = np.concatenate(kmeans_list)
+    log.info("fitting %d-word vocabulary on %d local features from %d images", cfg.num_clusters,
+             len(kmeans_samples), len(sample))
+    centroids = kmeans_vocabulary(kmeans_samples, cfg.num_clusters, cfg.kmeans_iterations, cfg.seed)
+    weight, bias = assignment_from_centroids(centroids, kmeans_samples, cfg.assignment_ratio)
+    head = VladHead(centroids, weight, bias, normalize_input=True)
+    if cfg.pca_dim > 0:
+        vlads = np.concatenate([head.vlad(f.astype(np.float32)) for f in feats_list])
+        projection, proj_bias = fit_pca_whitening(vlads, cfg.pca_dim, cfg.whiten, cfg.whiten_regularisation)
+        if projection.shape[0] < cfg.pca_dim:
+            log.warning("PCA dimension clamped from %d to %d (only %d images to fit it on)",
+                        cfg.pca_dim, projection.shape[0], len(vlads))
+        head = VladHead(centroids, weight, bias, projection, proj_bias, normalize_input=True)
+    return head
+
+
+def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | None = None,
+              extractors: Sequence[FrameExtractor] = (), sections: dict[str, Any] | None = None,
+              overwrite: bool = False, progress: bool = True, encoder: OnnxEncoder | None = None,
+              provenance: dict[str, Any] | None = None) -> ReferenceMap:
+    """Encode every frame of ``source`` and write a map to ``output`` (atomically). Resumes if interrupted.
+
+    Args:
+        source: frames and their images.
+        output: map directory to create.
+        config: build settings (defaults: :class:`BuildMapConfig`).
+        extractors: extra per-frame outputs stored as map arrays (e.g. patch descriptors).
+        sections: extra manifest sections describing those arrays (e.g. the patch configuration).
+        overwrite: replace an existing map at ``output``.
+        progress: show progress bars.
+        encoder: an already loaded encoder (else one is made from ``config.encoder``).
+        provenance: free-form record of how the map was made (command line, inputs).
+    """
+    config = config or BuildMapConfig()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
+    if len(source) == 0:
+        raise ValueError("no frames to map")
+    ids, counts = np.unique(source.frames.ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
+    encoder = encoder or OnnxEncoder(config.encoder)
+    size = input_size(config, encoder, source.load_image(0).shape[:2])
+
+    work = output.parent / f".{output.name}.partial"
+    fingerprint = _fingerprint(config, encoder, source.frames, {"sections": sections or {}, "size": size})
+    state_file = work / "state.yaml"
+    if work.exists():
+        state = yaml.safe_load(state_file.read_text()) if state_file.exists() else {}
+        if state.get("fingerprint") != fingerprint:
+            log.warning("discarding unfinished build in %s (inputs or settings changed)", work)
+            shutil.rmtree(work)
+        else:
+            log.info("resuming unfinished build from %s", work)
+    work.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(yaml.safe_dump({"fingerprint": fingerprint, "frames": len(source)}))
+
+    head_file = work / "head.npz"
+    if head_file.exists():
+        with np.load(head_file) as npz:
+            head = VladHead.from_arrays(dict(npz))
+    else:
+        head = fit_head(source, encoder, size, config.vlad, progress)
+        _atomic_savez(head_file, head.to_arrays())
+
+    n = len(source)
+    chunk = config.chunk_size
+    starts = list(range(0, n, chunk))
+    done = sum((work / f"chunk_{s // chunk:06d}.npz").exists() for s in starts)
+    bar = tqdm(total=n, initial=min(done * chunk, n), desc="encode frames", unit="img", disable=not progress)
+    bs = encoder.config.batch_size
+    for start in starts:
+        path = work / f"chunk_{start // chunk:06d}.npz"
+        if path.exists():
+            continue
+        outputs: dict[str, list[np.ndarray]] = {"descriptors": []}
+        for b0 in range(start, min(start + chunk, n), bs):
+            b1 = min(b0 + bs, start + chunk, n)
+            feats = encoder.features([source.load_image(i) for i in range(b0, b1)], *size)
+            outputs["descriptors"].append(head.global_descriptors(feats))
+            for extract in extractors:
+                for name, arr in extract(feats, head).items():
+                    outputs.setdefault(name, []).append(arr)
+            bar.update(b1 - b0)
+        _atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
+    bar.close()
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in starts:
+        with np.load(work / f"chunk_{start // chunk:06d}.npz") as npz:
+            for k in npz.files:
+                parts.setdefault(k, []).append(npz[k])
+    merged = {k: np.concatenate(v) for k, v in parts.items()}
+    descriptors = merged.pop("descriptors")
+    refmap = ReferenceMap(frames=source.frames, descriptors=descriptors, head=head, encoder=encoder.describe(),
+                          input_size=size, index_config=config.index, frame_id=config.frame_id,
+                          sections=dict(sections or {}), arrays=merged,
+                          provenance={"build_config": config_to_dict(config), **(provenance or {})})
+    refmap.save(output, overwrite=overwrite)
+    shutil.rmtree(work, ignore_errors=True)
+    return refmap
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)

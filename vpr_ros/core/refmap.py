@@ -1,0 +1,368 @@
+"""Reference map on disk: frames with poses, global descriptors, FAISS index, aggregation head, extra arrays.
+
+Layout of a map directory (format version :data:`FORMAT_VERSION`)::
+
+    manifest.yaml      format, version, encoder identity, head, index, counts, sha256 + size of every file
+    frames.csv         id,name,source,stamp,x,y,z,qx,qy,qz,qw   (NaN where a value is unknown)
+    descriptors.npy    (N, P) float32 global descriptors, L2-normalised
+    global.faiss       FAISS index over the descriptors (inner product)
+    head.npz           VLAD head (centroids, soft assignment, PCA-whitening) the descriptors were made with
+    arrays/<name>.npy  extra per-map arrays (e.g. the Patch-NetVLAD patch store), memory-mapped on load
+
+Writes are atomic: everything goes into a temporary sibling directory that is renamed into place, so a
+crash never leaves a half-written map under the final name. Loading checks the format version and the
+sha256 of every file and names the file at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from vpr_ros import __version__
+from vpr_ros.config import setting
+from vpr_ros.core.encoder import sha256_file
+from vpr_ros.core.vlad import VladHead
+
+FORMAT_NAME = "vpr_ros.reference_map"
+FORMAT_VERSION = 1
+FRAME_COLUMNS = ("id", "name", "source", "stamp", "x", "y", "z", "qx", "qy", "qz", "qw")
+
+
+class MapError(RuntimeError):
+    """A reference map is missing, corrupt, of an unsupported version or incompatible with the pipeline."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """FAISS index over the global descriptors."""
+
+    factory: str = setting("Flat", "FAISS index_factory string (Flat exact; e.g. HNSW32 or IVF1024,PQ32 for "
+                           "large maps); metric is inner product on L2-normalised descriptors")
+    nprobe: int = setting(16, "IVF lists visited per query (IVF indexes only)", min=1)
+
+
+@dataclass
+class FrameTable:
+    """Per-frame metadata. Orientation is a unit quaternion (x, y, z, w); NaN rows mean unknown.
+
+    Shape:
+        ids: (N,) int64; stamps: (N,) float64 seconds; positions: (N, 3); orientations: (N, 4).
+    """
+
+    ids: np.ndarray
+    names: list[str]
+    sources: list[str]
+    stamps: np.ndarray
+    positions: np.ndarray
+    orientations: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        self.ids = np.asarray(self.ids, dtype=np.int64)
+        self.stamps = np.asarray(self.stamps, dtype=np.float64).reshape(n)
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(n, 3)
+        self.orientations = np.asarray(self.orientations, dtype=np.float64).reshape(n, 4)
+        if len(self.names) != n or len(self.sources) != n:
+            raise ValueError(f"frame table columns disagree in length ({n} ids, {len(self.names)} names, "
+                             f"{len(self.sources)} sources)")
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    @classmethod
+    def empty(cls) -> FrameTable:
+        return cls(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)))
+
+    @classmethod
+    def concatenate(cls, tables: list[FrameTable]) -> FrameTable:
+        return cls(np.concatenate([t.ids for t in tables]), [n for t in tables for n in t.names],
+                   [s for t in tables for s in t.sources], np.concatenate([t.stamps for t in tables]),
+                   np.concatenate([t.positions for t in tables]),
+                   np.concatenate([t.orientations for t in tables]))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(FRAME_COLUMNS)
+        for i in range(len(self)):
+            writer.writerow([int(self.ids[i]), self.names[i], self.sources[i], repr(float(self.stamps[i])),
+                             *(repr(float(v)) for v in self.positions[i]),
+                             *(repr(float(v)) for v in self.orientations[i])])
+        return buf.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str, where: str) -> FrameTable:
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows or tuple(rows[0]) != FRAME_COLUMNS:
+            raise MapError(f"{where}: expected header {','.join(FRAME_COLUMNS)}")
+        body = rows[1:]
+        try:
+            ids = np.array([int(r[0]) for r in body], dtype=np.int64)
+            nums = np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float64).reshape(len(body), 8)
+        except (ValueError, IndexError) as exc:
+            raise MapError(f"{where}: malformed row ({exc})") from None
+        return cls(ids, [r[1] for r in body], [r[2] for r in body], nums[:, 0], nums[:, 1:4], nums[:, 4:8])
+
+
+@dataclass
+class ReferenceMap:
+    """Frames, global descriptors and search index of one mapped environment.
+
+    Example:
+        >>> m = ReferenceMap.load("out/corridor_map")              # doctest: +SKIP
+        >>> sims, idx = m.search(query_descriptors, k=10)           # doctest: +SKIP
+    """
+
+    frames: FrameTable
+    descriptors: np.ndarray
+    head: VladHead
+    encoder: dict[str, Any]
+    input_size: tuple[int, int]
+    index_config: IndexConfig = field(default_factory=IndexConfig)
+    frame_id: str = "map"
+    sections: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    _index: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.descriptors = np.ascontiguousarray(self.descriptors, dtype=np.float32)
+        if self.descriptors.ndim != 2 or self.descriptors.shape[0] != len(self.frames):
+            raise ValueError(f"descriptors must be ({len(self.frames)}, P), got {self.descriptors.shape}")
+        if self.descriptors.shape[1] != self.head.output_dim:
+            raise ValueError(f"descriptor dim {self.descriptors.shape[1]} != head output {self.head.output_dim}")
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def dim(self) -> int:
+        return int(self.descriptors.shape[1])
+
+    # ---- search ----------------------------------------------------------------------------------
+    @property
+    def index(self) -> Any:
+        if self._index is None:
+            self._index = build_index(self.descriptors, self.index_config)
+        return self._index
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product (cosine for L2-normalised descriptors).
+
+        Shape:
+            queries: (B, P) float32; returns similarities (B, k') and row indices (B, k'), k' = min(k, N).
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must be (B, {self.dim}), got {queries.shape}")
+        k = min(int(k), len(self))
+        sims, idx = self.index.search(queries, k)
+        return sims, idx
+
+    def append(self, frames: FrameTable, descriptors: np.ndarray,
+               arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Add frames (incremental map growth); extra arrays are concatenated along axis 0."""
+        descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
+        if descriptors.shape != (len(frames), self.dim):
+            raise ValueError(f"appended descriptors must be ({len(frames)}, {self.dim}), got {descriptors.shape}")
+        clash = np.intersect1d(frames.ids, self.frames.ids)
+        if clash.size:
+            raise ValueError(f"frame ids already in the map: {clash[:5].tolist()}")
+        self.frames = FrameTable.concatenate([self.frames, frames])
+        self.descriptors = np.concatenate([self.descriptors, descriptors])
+        for name, extra in (arrays or {}).items():
+            self.arrays[name] = np.concatenate([np.asarray(self.arrays[name]), extra]) if name in self.arrays \
+                else extra
+        if self._index is not None and self._index.is_trained and "IVF" not in self.index_config.factory:
+            self._index.add(descriptors)
+        else:
+            self._index = None
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_by": f"vpr_ros {__version__}",
+            "frame_count": len(self),
+            "frame_id": self.frame_id,
+            "encoder": dict(self.encoder),
+            "input_size": list(self.input_size),
+            "head": {"type": "vlad", "num_clusters": self.head.num_clusters,
+                     "feature_dim": self.head.feature_dim, "output_dim": self.head.output_dim},
+            "descriptor": {"dim": self.dim, "dtype": "float32", "metric": "inner_product"},
+            "index": {"factory": self.index_config.factory, "nprobe": self.index_config.nprobe},
+            "sections": self.sections,
+            "provenance": self.provenance,
+        }
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the map atomically to ``path`` (a directory). Returns the final path."""
+        import faiss
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            (tmp / "frames.csv").write_text(self.frames.to_csv())
+            np.save(tmp / "descriptors.npy", self.descriptors)
+            faiss.write_index(self.index, str(tmp / "global.faiss"))
+            np.savez(tmp / "head.npz", **self.head.to_arrays())
+            if self.arrays:
+                (tmp / "arrays").mkdir()
+                for name, array in self.arrays.items():
+                    np.save(tmp / "arrays" / f"{name}.npy", np.asarray(array))
+            manifest = self.manifest()
+            manifest["files"] = {
+                str(f.relative_to(tmp)): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+                for f in sorted(tmp.rglob("*")) if f.is_file()}
+            (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+            _fsync_tree(tmp)
+            _swap_into_place(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> ReferenceMap:
+        """Load and (by default) verify every file's sha256; raise MapError naming the faulty file."""
+        import faiss
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        files = manifest.get("files") or {}
+        for rel in ("frames.csv", "descriptors.npy", "global.faiss", "head.npz"):
+            if rel not in files:
+                raise MapError(f"{path / 'manifest.yaml'}: lists no {rel}")
+        for rel, meta in files.items():
+            f = path / rel
+            if not f.is_file():
+                raise MapError(f"{f}: missing (listed in the manifest)")
+            if f.stat().st_size != int(meta["bytes"]):
+                raise MapError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta['bytes']} "
+                               "(truncated or replaced)")
+            if verify and sha256_file(f) != meta["sha256"]:
+                raise MapError(f"{f}: sha256 mismatch, the file is corrupt or was modified after the map was built")
+        try:
+            frames = FrameTable.from_csv((path / "frames.csv").read_text(), str(path / "frames.csv"))
+            descriptors = np.load(path / "descriptors.npy", mmap_mode="r" if mmap else None)
+            with np.load(path / "head.npz") as npz:
+                head = VladHead.from_arrays(dict(npz))
+            index = faiss.read_index(str(path / "global.faiss"))
+            arrays = {rel[len("arrays/"):-len(".npy")]: np.load(path / rel, mmap_mode="r" if mmap else None)
+                      for rel in files if rel.startswith("arrays/") and rel.endswith(".npy")}
+        except MapError:
+            raise
+        except Exception as exc:
+            raise MapError(f"{path}: could not read map data ({type(exc).__name__}: {exc})") from exc
+        if index.ntotal != len(frames):
+            raise MapError(f"{path / 'global.faiss'}: holds {index.ntotal} vectors for {len(frames)} frames")
+        idx_meta = manifest.get("index", {})
+        refmap = cls(frames=frames, descriptors=np.asarray(descriptors), head=head,
+                     encoder=dict(manifest["encoder"]), input_size=tuple(manifest["input_size"]),
+                     index_config=IndexConfig(factory=str(idx_meta.get("factory", "Flat")),
+                                              nprobe=int(idx_meta.get("nprobe", 16))),
+                     frame_id=str(manifest.get("frame_id", "map")), sections=dict(manifest.get("sections") or {}),
+                     arrays=arrays, provenance=dict(manifest.get("provenance") or {}))
+        _set_nprobe(index, refmap.index_config.nprobe)
+        refmap._index = index
+        return refmap
+
+    def check_encoder(self, encoder: dict[str, Any]) -> None:
+        """Refuse an encoder other than the one the map was built with."""
+        mine = self.encoder
+        if mine.get("id") != encoder.get("id") or mine.get("onnx_sha256") != encoder.get("onnx_sha256"):
+            raise MapError(
+                f"map was built with encoder {mine.get('id')} (onnx sha256 {str(mine.get('onnx_sha256'))[:12]}...) "
+                f"but the pipeline loaded {encoder.get('id')} (sha256 {str(encoder.get('onnx_sha256'))[:12]}...); "
+                "use the same model or rebuild the map")
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Read and check a map's manifest (format name and version)."""
+    if not path.is_dir():
+        raise MapError(f"reference map {path} does not exist or is not a directory "
+                       "(build one with `build_map`)")
+    mf = path / "manifest.yaml"
+    try:
+        manifest = yaml.safe_load(mf.read_text())
+    except FileNotFoundError:
+        raise MapError(f"{mf}: missing; {path} is not a vpr_ros map (or its build was interrupted)") from None
+    except yaml.YAMLError as exc:
+        raise MapError(f"{mf}: not valid YAML ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise MapError(f"{mf}: not a vpr_ros map manifest (format is {found!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise MapError(f"{mf}: map format version {version}, this vpr_ros {__version__} reads version "
+                       f"{FORMAT_VERSION}; rebuild the map")
+    return manifest
+
+
+def build_index(descriptors: np.ndarray, config: IndexConfig) -> Any:
+    """FAISS index (inner product) over ``descriptors``, trained first when the factory needs it."""
+    import faiss
+
+    d = descriptors.shape[1]
+    try:
+        index = faiss.index_factory(d, config.factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"FAISS cannot build index {config.factory!r}: {exc}") from None
+    if not index.is_trained:
+        index.train(np.ascontiguousarray(descriptors))
+    index.add(np.ascontiguousarray(descriptors))
+    _set_nprobe(index, config.nprobe)
+    return index
+
+
+def _set_nprobe(index: Any, nprobe: int) -> None:
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = nprobe
+
+
+def _fsync_tree(root: Path) -> None:
+    for f in root.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an existing map is moved aside first and removed only afterwards."""
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        path.rename(old)
+    try:
+        tmp.rename(path)
+    except BaseException:
+        if old is not None:
+            old.rename(path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

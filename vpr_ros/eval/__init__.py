@@ -1,0 +1,1 @@
+"""Evaluation: ground truth, recall@N, latency statistics, reports and plots."""

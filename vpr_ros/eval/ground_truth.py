@@ -1,0 +1,89 @@
+"""Ground truth: which reference frames are correct matches for each query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.io.poses import quaternion_to_yaw
+
+
+@dataclass
+class GroundTruth:
+    """Per query, the map row indices that count as correct, and how that was decided."""
+
+    positives: list[np.ndarray]
+    description: str
+
+    def __len__(self) -> int:
+        return len(self.positives)
+
+    @property
+    def has_positive(self) -> np.ndarray:
+        return np.array([p.size > 0 for p in self.positives], dtype=bool)
+
+
+def positives_within(query_positions: np.ndarray, ref_positions: np.ndarray, dist_threshold: float,
+                     query_orientations: np.ndarray | None = None, ref_orientations: np.ndarray | None = None,
+                     angle_threshold_deg: float | None = None) -> GroundTruth:
+    """References within ``dist_threshold`` (and, if given, within ``angle_threshold_deg`` of heading).
+
+    Uses a FAISS range search, so it scales to large maps. Queries or references with unknown (NaN)
+    positions have no positives; a heading test with unknown headings is skipped for that pair.
+    """
+    import faiss
+
+    q = np.ascontiguousarray(query_positions, dtype=np.float32)
+    r = np.ascontiguousarray(ref_positions, dtype=np.float32)
+    ref_ok = ~np.isnan(r).any(1)
+    ref_rows = np.flatnonzero(ref_ok)
+    index = faiss.IndexFlatL2(3)
+    index.add(np.ascontiguousarray(r[ref_ok]))
+    q_ok = ~np.isnan(q).any(1)
+    positives = [np.zeros(0, np.int64) for _ in range(len(q))]
+    if q_ok.any() and len(ref_rows):
+        # FAISS keeps distances strictly below the radius; "within" is inclusive, hence the tiny margin.
+        radius = float(dist_threshold) ** 2 * (1 + 1e-6) + 1e-9
+        lims, _, labels = index.range_search(np.ascontiguousarray(q[q_ok]), radius)
+        for j, qi in enumerate(np.flatnonzero(q_ok)):
+            positives[qi] = np.sort(ref_rows[labels[lims[j]:lims[j + 1]]].astype(np.int64))
+    desc = f"within {dist_threshold:g} m"
+    if angle_threshold_deg is not None and query_orientations is not None and ref_orientations is not None:
+        q_yaw = quaternion_to_yaw(query_orientations)
+        r_yaw = quaternion_to_yaw(ref_orientations)
+        for qi, pos in enumerate(positives):
+            if pos.size == 0 or np.isnan(q_yaw[qi]):
+                continue
+            diff = np.degrees(np.abs(np.angle(np.exp(1j * (r_yaw[pos] - q_yaw[qi])))))
+            positives[qi] = pos[~(diff > angle_threshold_deg)]
+        desc += f" and {angle_threshold_deg:g} deg"
+    return GroundTruth(positives, desc)
+
+
+def positives_from_vpr_bench(path: str | Path, ref_ids: np.ndarray, num_queries: int) -> GroundTruth:
+    """VPR-Bench ``ground_truth_new.npy``: rows ``[query_index, [reference indices]]``.
+
+    Reference indices are matched to map frame ids (maps built from a folder number frames 0..N-1 in
+    sorted file order, the order VPR-Bench uses).
+    """
+    path = Path(path)
+    try:
+        rows = np.load(path, allow_pickle=True)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a VPR-Bench ground-truth .npy ({exc})") from None
+    row_of_id = {int(fid): row for row, fid in enumerate(ref_ids)}
+    positives = [np.zeros(0, np.int64) for _ in range(num_queries)]
+    for entry in rows:
+        qi, refs = int(entry[0]), np.atleast_1d(np.asarray(entry[1], dtype=np.int64))
+        if 0 <= qi < num_queries:
+            positives[qi] = np.array(sorted(row_of_id[r] for r in refs.tolist() if r in row_of_id), np.int64)
+    return GroundTruth(positives, f"VPR-Bench ground truth {path.name}")
+
+
+def positives_by_index(num_queries: int, ref_ids: np.ndarray, tolerance: int) -> GroundTruth:
+    """Query i matches references whose id is within +-``tolerance`` of i (aligned traversals, e.g. Nordland)."""
+    ids = np.asarray(ref_ids)
+    positives = [np.flatnonzero(np.abs(ids - i) <= tolerance).astype(np.int64) for i in range(num_queries)]
+    return GroundTruth(positives, f"same index +-{tolerance}")

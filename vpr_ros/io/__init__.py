@@ -1,0 +1,1 @@
+"""Inputs and outputs: image folders, pose files, datasets, rosbags."""

@@ -1,0 +1,81 @@
+"""Shared command-line plumbing: config files, ``--set`` overrides, logging, clean exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import yaml
+
+from vpr_ros.config import ConfigError, field_docs, load_config
+
+T = TypeVar("T")
+log = logging.getLogger("vpr_ros")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the hand-formatted examples in descriptions."""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, default_file: str | None) -> None:
+    """``--config FILE`` and repeatable ``--set key=value`` (value parsed as YAML)."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument("--config", default=default_file, metavar="YAML",
+                       help="settings file (plain YAML or a ROS 2 params file)")
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one setting, e.g. --set vlad.num_clusters=64 (repeatable); "
+                            "see --list-settings")
+    group.add_argument("--list-settings", action="store_true", help="print every setting with its default and exit")
+    parser.set_defaults(_config_cls=cls)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, node_name: str | None = None) -> Any:
+    """Load the config class registered by :func:`add_config_arguments` from --config plus --set."""
+    path = None
+    if args.config:
+        from vpr_ros.core.paths import resolve_path
+
+        path = resolve_path(args.config, what="config file")
+    return load_config(args._config_cls, path, parse_overrides(args.set), node_name=node_name)
+
+
+def print_settings(cls: type) -> None:
+    for name, (default, help_, meta) in field_docs(cls).items():
+        extra = f" (one of {list(meta['choices'])})" if "choices" in meta else ""
+        print(f"{name} = {default!r}\n    {help_}{extra}")
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="[%(levelname)s] %(name)s: %(message)s")
+    for noisy in ("faiss", "matplotlib"):  # library start-up chatter is not the user's business
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a CLI main; known user errors print one clear line and exit 2, Ctrl-C exits 130."""
+    from vpr_ros.core.refmap import MapError
+    from vpr_ros.io.poses import PoseFileError
+
+    try:
+        return main(argv)
+    except (ConfigError, MapError, PoseFileError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; an unfinished map build resumes when started again with the same arguments",
+              file=sys.stderr)
+        return 130

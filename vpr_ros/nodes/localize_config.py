@@ -1,0 +1,32 @@
+"""Settings of the localize node (ROS-free, so CLIs such as ``evaluate`` read the same file)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpr_ros.config import section, setting
+from vpr_ros.core.localizer import LocalizerConfig
+
+
+@dataclass(frozen=True)
+class LocalizeNodeConfig:
+    """Parameters of the localize node; nested sections become dotted ROS parameter names."""
+
+    map_path: str = setting("", "reference map directory made by build_map (required)")
+    verify_map: bool = setting(True, "check the sha256 of every map file at load (slower for huge maps)")
+    image_transport: str = setting("raw", "subscribe to sensor_msgs/Image on 'image' (raw) or to "
+                                   "sensor_msgs/CompressedImage on 'image/compressed' (compressed)",
+                                   choices=("raw", "compressed"))
+    publish_candidates: bool = setting(True, "publish ~/candidates (PoseArray) and ~/matches (PointCloud2)")
+    diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages", min=0.05)
+    position_sigma_min: float = setting(
+        1.0, "pose standard deviation (map units) reported at confidence 1", min=0.0)
+    position_sigma_max: float = setting(
+        25.0, "pose standard deviation (map units) reported at confidence 0", min=0.0)
+    yaw_sigma_deg: float = setting(
+        15.0, "heading standard deviation (degrees) at confidence 1; grows like the position sigma", min=0.0)
+    localizer: LocalizerConfig = section(LocalizerConfig)
+
+    def __post_init__(self) -> None:
+        if self.position_sigma_max < self.position_sigma_min:
+            raise ValueError("position_sigma_max must be >= position_sigma_min")
