@@ -2,17 +2,26 @@
 
 A model is an ONNX file plus a model card (same stem, ``.yaml``) that says what the graph expects and
 returns. The graph takes RGB float32 (B, 3, H, W) in 0..255 (normalisation lives inside the graph, so no
-preprocessing constant can drift between training, export and the node) and returns local features
-(B, C, h, w). Aggregation to a global descriptor happens in :mod:`vpr_ros.core.vlad`.
+preprocessing constant can drift between training, export and the node). The card's ``kind`` says what
+comes out:
+
+* ``backbone`` -- local features (B, C, h, w); the reference map fits a VLAD head on its own images;
+* ``netvlad``  -- local features (B, C, h, w) plus a trained head (NetVLAD centroids, soft assignment and
+  PCA / WPCA) in the ``.npz`` file named by the card's ``head_file``; maps use that head as is;
+* ``global``   -- global descriptors (B, P) directly (e.g. weights-free thumbnails); no head.
+
+Aggregation to a global descriptor happens in numpy (:mod:`vpr_ros.core.vlad`), so every kind shares one
+tested implementation of NetVLAD, IntegralVLAD patches and PCA.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -20,8 +29,10 @@ import yaml
 from vpr_ros.config import setting
 from vpr_ros.core.image import to_network_input
 from vpr_ros.core.paths import resolve_path
+from vpr_ros.core.vlad import VladHead
 
 MODEL_CARD_VERSION = 1
+MODEL_KINDS = ("backbone", "netvlad", "global")
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class ModelCard:
     """What an encoder ONNX file is: identity, input and output contract, provenance."""
 
     id: str
-    kind: str                    # "backbone": features only, the map fits a VLAD head
+    kind: str                    # one of MODEL_KINDS (module docstring)
     onnx_file: str
     onnx_sha256: str
     input_name: str
@@ -64,8 +75,13 @@ class ModelCard:
             version = int(raw.get("format_version", 0))
             if version != MODEL_CARD_VERSION:
                 raise ValueError(f"format_version {version}, this vpr_ros reads {MODEL_CARD_VERSION}")
+            kind = str(raw.get("kind", "backbone"))
+            if kind not in MODEL_KINDS:
+                raise ValueError(f"kind {kind!r} is not one of {list(MODEL_KINDS)}")
+            if kind == "netvlad" and "head_file" not in raw:
+                raise ValueError("a 'netvlad' model needs 'head_file' (the .npz with its trained head)")
             return cls(
-                id=str(raw["id"]), kind=str(raw.get("kind", "backbone")), onnx_file=str(raw["onnx_file"]),
+                id=str(raw["id"]), kind=kind, onnx_file=str(raw["onnx_file"]),
                 onnx_sha256=str(raw["onnx_sha256"]), input_name=str(raw["input"]["name"]),
                 output_name=str(raw["output"]["name"]), channels=int(raw["output"]["channels"]),
                 stride=int(raw["output"]["stride"]),
@@ -95,6 +111,36 @@ def _providers(device: str) -> list[str]:
             raise RuntimeError(f"device 'cuda' requested but ONNX Runtime offers only {available}")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class Encoder(Protocol):
+    """What the pipeline needs from an encoder (ONNX models and weights-free encoders alike)."""
+
+    config: EncoderConfig
+    card: ModelCard
+    sha256: str
+    providers: list[str]
+    head: VladHead | None
+
+    @property
+    def id(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def features(self, images: list[np.ndarray], height: int, width: int) -> np.ndarray: ...
+
+
+#: Encoders that are not ONNX files, by the prefix of ``EncoderConfig.model`` (e.g. ``thumbnail:...``).
+ENCODER_FACTORIES: dict[str, Callable[[EncoderConfig], Encoder]] = {}
+
+
+def make_encoder(config: EncoderConfig | None = None) -> Encoder:
+    """The encoder ``config.model`` names: a registered prefix (``name:spec``) or an ONNX file path."""
+    config = config or EncoderConfig()
+    prefix = config.model.split(":", 1)[0]
+    if ":" in config.model and prefix in ENCODER_FACTORIES:
+        return ENCODER_FACTORIES[prefix](config)
+    return OnnxEncoder(config)
 
 
 class OnnxEncoder:
@@ -128,7 +174,20 @@ class OnnxEncoder:
         self.session = ort.InferenceSession(str(self.model_path), options,
                                             providers=_providers(self.config.device))
         self.providers = self.session.get_providers()
+        self.head = self._load_head()
 
+    def _load_head(self) -> VladHead | None:
+        """The trained head of a ``netvlad`` model (checked against the card's sha256), else None."""
+        if self.card.kind != "netvlad":
+            return None
+        path = self.model_path.parent / str(self.card.raw["head_file"])
+        expected = self.card.raw.get("head_sha256")
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: head file named by the model card of {self.model_path} is missing")
+        if expected and sha256_file(path) != expected:
+            raise ValueError(f"{path}: sha256 does not match the model card (file changed or card stale)")
+        with np.load(path) as npz:
+            return VladHead.from_arrays(dict(npz))
     @property
     def id(self) -> str:
         return self.card.id

@@ -11,14 +11,16 @@ Every stage is a method so a notebook can run them one by one::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from vpr_ros.config import section, setting
-from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.refmap import ReferenceMap
+from vpr_ros.core.vlad import global_descriptors
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,26 @@ class Hypothesis:
         return int(self.ids[0])
 
 
+class StageTimer:
+    """Wall time per named pipeline stage, in milliseconds, plus ``total``."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
+
+    def finish(self) -> dict[str, float]:
+        self.timings["total"] = (time.perf_counter() - self.start) * 1e3
+        return self.timings
+
+
 def ratio_confidence(scores: np.ndarray, positions: np.ndarray, radius: float) -> float:
     """1 - d1/d2 on cosine distances d = 1 - s, d2 from the best candidate outside ``radius`` of the first.
 
@@ -101,7 +123,7 @@ def ratio_confidence(scores: np.ndarray, positions: np.ndarray, radius: float) -
 class Localizer:
     """Runs the pipeline against one reference map with one encoder."""
 
-    def __init__(self, refmap: ReferenceMap, encoder: OnnxEncoder, config: LocalizerConfig | None = None) -> None:
+    def __init__(self, refmap: ReferenceMap, encoder: Encoder, config: LocalizerConfig | None = None) -> None:
         self.config = config or LocalizerConfig()
         refmap.check_encoder(encoder.describe())
         self.refmap = refmap
@@ -111,7 +133,7 @@ class Localizer:
     @classmethod
     def from_paths(cls, map_path: str, config: LocalizerConfig | None = None, verify: bool = True) -> Localizer:
         config = config or LocalizerConfig()
-        return cls(ReferenceMap.load(map_path, verify=verify), OnnxEncoder(config.encoder), config)
+        return cls(ReferenceMap.load(map_path, verify=verify), make_encoder(config.encoder), config)
 
     # ---- stages ----------------------------------------------------------------------------------
     def encode(self, image: np.ndarray) -> QueryFeatures:
@@ -119,7 +141,7 @@ class Localizer:
 
     def encode_many(self, images: list[np.ndarray]) -> list[QueryFeatures]:
         feats = self.encoder.features(images, self.height, self.width)
-        globals_ = self.refmap.head.global_descriptors(feats)
+        globals_ = global_descriptors(feats, self.refmap.head)
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
     def retrieve(self, query: QueryFeatures, k: int | None = None) -> Candidates:
@@ -139,13 +161,12 @@ class Localizer:
     # ---- end to end ------------------------------------------------------------------------------
     def localize(self, image: np.ndarray, stamp: float = 0.0) -> Hypothesis:
         """Full pipeline for one RGB uint8 image, with per-stage wall times in ``timings_ms``."""
-        t0 = time.perf_counter()
-        query = self.encode(image)
-        t1 = time.perf_counter()
-        candidates = self.retrieve(query)
-        t2 = time.perf_counter()
-        timings = {"encode": (t1 - t0) * 1e3, "retrieve": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
-        return self.hypothesis(candidates, stamp, timings)
+        timer = StageTimer()
+        with timer("encode"):
+            query = self.encode(image)
+        with timer("retrieve"):
+            candidates = self.retrieve(query)
+        return self.hypothesis(candidates, stamp, timer.finish())
 
     def localize_many(self, images: Iterable[np.ndarray], stamps: Iterable[float] | None = None) -> list[Hypothesis]:
         """One hypothesis per image, each timed on its own (as the node would see it)."""

@@ -28,22 +28,23 @@ import yaml
 from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict, section, setting
-from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap
 from vpr_ros.core.vlad import (
     VladConfig,
     VladHead,
     assignment_from_centroids,
     fit_pca_whitening,
+    global_descriptors,
     kmeans_vocabulary,
     local_descriptors,
 )
 
 log = logging.getLogger(__name__)
 
-#: Extra per-frame outputs (e.g. Patch-NetVLAD patch descriptors): features (B, C, h, w), head ->
-#: named arrays with B rows each, stored in the map's ``arrays/``.
-FrameExtractor = Callable[[np.ndarray, VladHead], dict[str, np.ndarray]]
+#: Extra per-frame outputs (e.g. Patch-NetVLAD patch descriptors): encoder output (B, ...), head (None for
+#: ``global`` encoders) -> named arrays with B rows each, stored in the map's ``arrays/``.
+FrameExtractor = Callable[[np.ndarray, VladHead | None], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -74,14 +75,14 @@ class FrameSource:
         return len(self.frames)
 
 
-def _fingerprint(config: BuildMapConfig, encoder: OnnxEncoder, frames: FrameTable,
+def _fingerprint(config: BuildMapConfig, encoder: Encoder, frames: FrameTable,
                  extra: dict[str, Any]) -> str:
     payload = json.dumps({"config": config_to_dict(config), "encoder": encoder.sha256, "names": frames.names,
                           "sources": frames.sources, "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def input_size(config: BuildMapConfig, encoder: OnnxEncoder, image_hw: tuple[int, int]) -> tuple[int, int]:
+def input_size(config: BuildMapConfig, encoder: Encoder, image_hw: tuple[int, int]) -> tuple[int, int]:
     """Network input (height, width): explicit settings, else the card's default capped at max_upscale x image.
 
     Automatic sizes are rounded up to the model's size multiple (its output stride).
@@ -94,7 +95,7 @@ def input_size(config: BuildMapConfig, encoder: OnnxEncoder, image_hw: tuple[int
     return (config.image_height or auto[0], config.image_width or auto[1])
 
 
-def fit_head(source: FrameSource, encoder: OnnxEncoder, size: tuple[int, int], cfg: VladConfig,
+def fit_head(source: FrameSource, encoder: Encoder, size: tuple[int, int], cfg: VladConfig,
              progress: bool = True) -> VladHead:
     """Fit the VLAD vocabulary and PCA-whitening on a sample of the frames (pass 1)."""
     rng = np.random.default_rng(cfg.seed)
@@ -129,7 +130,7 @@ def fit_head(source: FrameSource, encoder: OnnxEncoder, size: tuple[int, int], c
 
 def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | None = None,
               extractors: Sequence[FrameExtractor] = (), sections: dict[str, Any] | None = None,
-              overwrite: bool = False, progress: bool = True, encoder: OnnxEncoder | None = None,
+              overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
               provenance: dict[str, Any] | None = None) -> ReferenceMap:
     """Encode every frame of ``source`` and write a map to ``output`` (atomically). Resumes if interrupted.
 
@@ -153,7 +154,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     ids, counts = np.unique(source.frames.ids, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
-    encoder = encoder or OnnxEncoder(config.encoder)
+    encoder = encoder or make_encoder(config.encoder)
     size = input_size(config, encoder, source.load_image(0).shape[:2])
 
     work = output.parent / f".{output.name}.partial"
@@ -170,7 +171,10 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     state_file.write_text(yaml.safe_dump({"fingerprint": fingerprint, "frames": len(source)}))
 
     head_file = work / "head.npz"
-    if head_file.exists():
+    head: VladHead | None
+    if encoder.card.kind != "backbone":
+        head = encoder.head  # trained NetVLAD head, or None for global encoders: nothing to fit
+    elif head_file.exists():
         with np.load(head_file) as npz:
             head = VladHead.from_arrays(dict(npz))
     else:
@@ -191,7 +195,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
         for b0 in range(start, min(start + chunk, n), bs):
             b1 = min(b0 + bs, start + chunk, n)
             feats = encoder.features([source.load_image(i) for i in range(b0, b1)], *size)
-            outputs["descriptors"].append(head.global_descriptors(feats))
+            outputs["descriptors"].append(global_descriptors(feats, head))
             for extract in extractors:
                 for name, arr in extract(feats, head).items():
                     outputs.setdefault(name, []).append(arr)

@@ -7,6 +7,7 @@ Layout of a map directory (format version :data:`FORMAT_VERSION`)::
     descriptors.npy    (N, P) float32 global descriptors, L2-normalised
     global.faiss       FAISS index over the descriptors (inner product)
     head.npz           VLAD head (centroids, soft assignment, PCA-whitening) the descriptors were made with
+                       (absent for ``global`` encoders, whose output already is the descriptor)
     arrays/<name>.npy  extra per-map arrays (e.g. the Patch-NetVLAD patch store), memory-mapped on load
 
 Writes are atomic: everything goes into a temporary sibling directory that is renamed into place, so a
@@ -126,7 +127,7 @@ class ReferenceMap:
 
     frames: FrameTable
     descriptors: np.ndarray
-    head: VladHead
+    head: VladHead | None
     encoder: dict[str, Any]
     input_size: tuple[int, int]
     index_config: IndexConfig = field(default_factory=IndexConfig)
@@ -140,7 +141,7 @@ class ReferenceMap:
         self.descriptors = np.ascontiguousarray(self.descriptors, dtype=np.float32)
         if self.descriptors.ndim != 2 or self.descriptors.shape[0] != len(self.frames):
             raise ValueError(f"descriptors must be ({len(self.frames)}, P), got {self.descriptors.shape}")
-        if self.descriptors.shape[1] != self.head.output_dim:
+        if self.head is not None and self.descriptors.shape[1] != self.head.output_dim:
             raise ValueError(f"descriptor dim {self.descriptors.shape[1]} != head output {self.head.output_dim}")
 
     def __len__(self) -> int:
@@ -200,8 +201,9 @@ class ReferenceMap:
             "frame_id": self.frame_id,
             "encoder": dict(self.encoder),
             "input_size": list(self.input_size),
-            "head": {"type": "vlad", "num_clusters": self.head.num_clusters,
-                     "feature_dim": self.head.feature_dim, "output_dim": self.head.output_dim},
+            "head": {"type": "none"} if self.head is None else {
+                "type": "vlad", "num_clusters": self.head.num_clusters, "feature_dim": self.head.feature_dim,
+                "output_dim": self.head.output_dim},
             "descriptor": {"dim": self.dim, "dtype": "float32", "metric": "inner_product"},
             "index": {"factory": self.index_config.factory, "nprobe": self.index_config.nprobe},
             "sections": self.sections,
@@ -222,7 +224,8 @@ class ReferenceMap:
             (tmp / "frames.csv").write_text(self.frames.to_csv())
             np.save(tmp / "descriptors.npy", self.descriptors)
             faiss.write_index(self.index, str(tmp / "global.faiss"))
-            np.savez(tmp / "head.npz", **self.head.to_arrays())
+            if self.head is not None:
+                np.savez(tmp / "head.npz", **self.head.to_arrays())
             if self.arrays:
                 (tmp / "arrays").mkdir()
                 for name, array in self.arrays.items():
@@ -247,7 +250,10 @@ class ReferenceMap:
         path = Path(path)
         manifest = read_manifest(path)
         files = manifest.get("files") or {}
-        for rel in ("frames.csv", "descriptors.npy", "global.faiss", "head.npz"):
+        required = ["frames.csv", "descriptors.npy", "global.faiss"]
+        if (manifest.get("head") or {}).get("type", "vlad") != "none":
+            required.append("head.npz")
+        for rel in required:
             if rel not in files:
                 raise MapError(f"{path / 'manifest.yaml'}: lists no {rel}")
         for rel, meta in files.items():
@@ -262,8 +268,10 @@ class ReferenceMap:
         try:
             frames = FrameTable.from_csv((path / "frames.csv").read_text(), str(path / "frames.csv"))
             descriptors = np.load(path / "descriptors.npy", mmap_mode="r" if mmap else None)
-            with np.load(path / "head.npz") as npz:
-                head = VladHead.from_arrays(dict(npz))
+            head = None
+            if "head.npz" in files:
+                with np.load(path / "head.npz") as npz:
+                    head = VladHead.from_arrays(dict(npz))
             index = faiss.read_index(str(path / "global.faiss"))
             arrays = {rel[len("arrays/"):-len(".npy")]: np.load(path / rel, mmap_mode="r" if mmap else None)
                       for rel in files if rel.startswith("arrays/") and rel.endswith(".npy")}

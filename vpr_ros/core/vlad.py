@@ -173,6 +173,20 @@ class VladHead:
                    normalize_input=bool(arrays.get("normalize_input", True)))
 
 
+def global_descriptors(features: np.ndarray, head: VladHead | None) -> np.ndarray:
+    """Encoder output -> L2-normalised global descriptors (B, P).
+
+    With a head, ``features`` are local feature maps (B, D, h, w) aggregated by NetVLAD + projection;
+    without one (``global`` encoders), ``features`` already are descriptors (B, P) and are only normalised.
+    """
+    if head is not None:
+        return head.global_descriptors(features)
+    if features.ndim != 2:
+        raise ValueError(f"an encoder without a VLAD head must output (B, P) descriptors, got {features.shape}")
+    x = features.astype(np.float32, copy=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+
+
 # ---- fitting -------------------------------------------------------------------------------------
 def kmeans_vocabulary(samples: np.ndarray, num_clusters: int, iterations: int, seed: int,
                       restarts: int = 3) -> np.ndarray:
