@@ -1,0 +1,40 @@
+"""Helpers shared by the benchmarks: timing, result files with the machine description."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpr_ros.eval.report import machine_description
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median / p90 / min wall time of ``fn`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    x = np.array(samples)
+    return {"median": float(np.median(x)), "p90": float(np.percentile(x, 90)), "min": float(x.min()),
+            "repeats": repeats}
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """bench/results/<name>.json with the machine description and a timestamp."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    doc = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_description(),
+           **payload}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path
