@@ -50,7 +50,17 @@ def test_two_process_gloo_run(tmp_path: Path, repo: Path):
 def test_resume_continues_from_the_last_epoch(tmp_path: Path, repo: Path):
     from vpr_ros.config import load_config
     from vpr_training.config import TrainConfig
-    from vpr_training.trainer import Trainer, load_checkpoint
+    from vpr_training.trainer import Trainer, TrainerHook, load_checkpoint
+
+    class Recorder(TrainerHook):
+        def __init__(self):
+            self.events = []
+
+        def on_epoch_end(self, trainer, epoch, record):
+            self.events.append(("epoch", epoch, record["iterations"]))
+
+        def on_batch_end(self, trainer, batch, parts):
+            self.events.append(("batch", batch.iteration, round(parts["total"], 6)))
 
     root = str(repo / "data" / "nordland_part1")
     overrides = {"train.root": root, "val.root": root, "iterations_per_epoch": 3, "val.count": 40,
@@ -59,7 +69,11 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path, repo: Path):
     first = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
     cfg2 = load_config(TrainConfig, repo / "training/configs/nordland_cpu_small.yaml", {**overrides, "epochs": 2})
-    second = Trainer(cfg2, tmp_path / "run", resume=True, progress=False).run()
+    recorder = Recorder()
+    second = Trainer(cfg2, tmp_path / "run", hooks=[recorder], resume=True, progress=False).run()
+    # only epoch 2 ran, its iterations numbered on from epoch 1's
+    assert [e[:2] for e in recorder.events if e[0] == "epoch"] == [("epoch", 2)]
+    assert {e[1] for e in recorder.events if e[0] == "batch"} <= {3, 4, 5}
     assert [h["epoch"] for h in second.history] == [1, 2]
     assert second.history[0] == first.history[0]  # epoch 1 was restored, not trained again
     assert second.initial == first.initial

