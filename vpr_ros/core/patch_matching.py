@@ -24,8 +24,9 @@ import numpy as np
 
 from vpr_ros.core.spatial import PatchMatches, mutual_from_nearest
 
-#: Candidates per ONNX Runtime call are chosen so the similarity block holds about this many entries.
-SIMILARITY_BLOCK = 1 << 22
+#: Candidates per ONNX Runtime call are chosen so the similarity block holds about this many entries (measured
+#: on 2 AVX-512 cores, 936x936 patches: 1-2 candidates per call 140 ms, 9 per call 97 ms for 100 candidates).
+SIMILARITY_BLOCK = 1 << 23
 INT8_ZERO_POINT = 128
 _sessions: dict[tuple[str, int], Any] = {}
 _lock = threading.Lock()

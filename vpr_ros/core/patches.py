@@ -239,8 +239,10 @@ def _patch_descriptors_one(x: np.ndarray, assignment: np.ndarray, centroids: np.
     p_dim = projection.shape[0]
     box_rows = [box_matrix(h, g.size, g.stride) for g in grids]
     box_cols = [box_matrix(w, g.size, g.stride) for g in grids]
-    acc = [np.zeros((g.count, p_dim), dtype=np.float32) for g in grids]
-    block_norms_sq = [np.zeros(g.count, dtype=np.float32) for g in grids]
+    # All sizes share one accumulator (rows stacked by size) so each cluster chunk is one large GEMM.
+    offsets = np.cumsum([0] + [g.count for g in grids])
+    acc = np.zeros((int(offsets[-1]), p_dim), dtype=np.float32)
+    block_norms_sq = np.zeros(int(offsets[-1]), dtype=np.float32)
     # Clusters in chunks: bounded memory (~32 MB of residuals per chunk) whatever K and the map size.
     chunk = max(1, (1 << 23) // max(n_loc * d, 1))
     for k0 in range(0, k_total, chunk):
@@ -249,31 +251,32 @@ def _patch_descriptors_one(x: np.ndarray, assignment: np.ndarray, centroids: np.
         # Per-location residuals of eq. 1 for this chunk of clusters: r_k(i) = a_k(x_i) (x_i - c_k).
         residuals = assignment[:, k0:k1, None] * (x[:, None, :] - centroids[None, k0:k1])   # (L, kc, D)
         residual_map = residuals.reshape(h, w, kc * d)
-        scales = []
+        inv = np.empty((int(offsets[-1]), kc), dtype=np.float32)
+        normalised = None if shared else np.empty((int(offsets[-1]), kc, d), dtype=np.float32)
         for s, grid in enumerate(grids):
+            rows = slice(int(offsets[s]), int(offsets[s + 1]))
             sums = _box_sums(residual_map, box_rows[s], box_cols[s]).reshape(grid.count, kc, d)
             # The official implementation averages (sum / size^2) before normalising; only the eps of the
             # normalisation notices, and it is kept for exact parity.
             norms = np.linalg.norm(sums, axis=-1) / np.float32(grid.size ** 2)            # (n_p, kc)
             safe = np.maximum(norms, _EPS)
-            block_norms_sq[s] += ((norms / safe) ** 2).sum(axis=1)
-            inv = (1.0 / (safe * grid.size ** 2)).astype(np.float32)                     # intra-normalisation
-            scales.append(inv)
-            if not shared:
-                normalised = (sums * inv[:, :, None]).reshape(grid.count, kc * d)
-                acc[s] += normalised @ projection[:, k0 * d:k1 * d].T
-        if shared:
+            block_norms_sq[rows] += ((norms / safe) ** 2).sum(axis=1)
+            inv[rows] = 1.0 / (safe * grid.size ** 2)                                    # intra-normalisation
+            if normalised is not None:
+                np.multiply(sums, inv[rows, :, None], out=normalised[rows])
+        if normalised is not None:
+            acc += normalised.reshape(-1, kc * d) @ projection[:, k0 * d:k1 * d].T
+        else:
             for j in range(kc):
                 k = k0 + j
                 projected = residuals[:, j, :] @ projection[:, k * d:(k + 1) * d].T       # (L, P)
                 projected_map = projected.reshape(h, w, p_dim)
                 for s, grid in enumerate(grids):
+                    rows = slice(int(offsets[s]), int(offsets[s + 1]))
                     sums = _box_sums(projected_map, box_rows[s], box_cols[s]).reshape(grid.count, p_dim)
-                    sums *= scales[s][:, j, None]
-                    acc[s] += sums
-    out = []
-    for s in range(len(grids)):
-        # Global L2 of the intra-normalised VLAD: its norm is sqrt(sum of squared block norms).
-        y = acc[s] / np.maximum(np.sqrt(block_norms_sq[s]), _EPS)[:, None] + bias
-        out.append((y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), _EPS)).astype(np.float32))
-    return out
+                    sums *= inv[rows, j, None]
+                    acc[rows] += sums
+    # Global L2 of the intra-normalised VLAD: its norm is sqrt(sum of squared block norms).
+    y = acc / np.maximum(np.sqrt(block_norms_sq), _EPS)[:, None] + bias
+    y = (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), _EPS)).astype(np.float32)
+    return [y[int(offsets[s]):int(offsets[s + 1])] for s in range(len(grids))]

@@ -25,6 +25,7 @@ from vpr_ros.core.patches import STRATEGIES, patch_descriptors
 from vpr_ros.core.refmap import MapError, ReferenceMap
 from vpr_ros.core.spatial import (
     FUSIONS,
+    PatchMatches,
     fuse_scales,
     ransac_scores,
     rapid_spatial_score_bound,
@@ -138,13 +139,16 @@ class Reranker:
         scores = np.zeros((len(rows), len(self.spec.grids)))
         if len(rows) == 0:
             return scores
-        # Gather in ascending row order (sequential reads of the memory-mapped store), then restore.
+        # Gather in ascending row order (sequential reads of the memory-mapped store, one copy), match, and
+        # put the small per-candidate results back in the caller's order.
         order = np.argsort(rows, kind="stable")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         for s, grid in enumerate(self.spec.grids):
-            refs = np.asarray(self.stores[s][rows[order]])[inverse]
-            matches = nearest_patches(query[s], refs, self.spec.encoding, self.config.threads)
+            sorted_matches = nearest_patches(query[s], np.asarray(self.stores[s][rows[order]]), self.spec.encoding,
+                                             self.config.threads)
+            matches = PatchMatches(sorted_matches.nearest_query[inverse], sorted_matches.mutual[inverse],
+                                   sorted_matches.n_query)
             if self.scorer == "ransac":
                 tolerance = self.config.ransac_tolerance * grid.stride * grid.pixel_stride
                 scores[:, s] = ransac_scores(matches, self.centres[s], self.centres[s], tolerance)
