@@ -67,3 +67,16 @@ def corridor_map(tmp_path_factory: pytest.TempPathFactory, corridor: Path, encod
 def corridor_ground_truth(corridor: Path) -> list[np.ndarray]:
     rows = np.load(corridor / "ground_truth_new.npy", allow_pickle=True)
     return [np.asarray(r[1], dtype=np.int64) for r in rows]
+
+
+@pytest.fixture(scope="session")
+def corridor_patch_map(tmp_path_factory: pytest.TempPathFactory, corridor: Path, encoder) -> Path:
+    """The corridor map with a Patch-NetVLAD patch store of the ``speed`` configuration (int8 patches)."""
+    from vpr_ros.core.map_builder import BuildMapConfig, build_map
+    from vpr_ros.core.patch_store import PatchStoreConfig
+    from vpr_ros.io.images import folder_source
+
+    out = tmp_path_factory.mktemp("maps") / "corridor_speed"
+    build_map(folder_source(corridor / "ref", corridor / "ref_poses.csv"), out,
+              BuildMapConfig(patches=PatchStoreConfig(preset="speed")), progress=False, encoder=encoder)
+    return out

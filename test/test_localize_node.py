@@ -195,3 +195,25 @@ def test_compressed_message_type_is_used_for_compressed_transport(graph, corrido
         topics = dict(node.get_topic_names_and_types())
     assert topics["/types/image/compressed"] == ["sensor_msgs/msg/CompressedImage"]
     assert "/types/image" not in topics
+
+
+def test_node_reranks_with_the_maps_patches_and_refuses_other_ones(graph, corridor_patch_map, default_model,
+                                                                    corridor, corridor_ground_truth):
+    """The node re-ranks through LocalizerConfig only; a map without the requested patches is reported."""
+    graph.add(localize_node(corridor_patch_map, default_model, "/pnv", **{"localizer.rerank.candidates": 30}))
+    wrong = graph.add(localize_node(corridor_patch_map, default_model, "/pnv_wrong",
+                                    **{"localizer.rerank.method": "performance"}))
+    client = graph.add(LocalizeClient("/pnv/localize", "/pnv/image", name="pnv_client"))
+    wrong_client = graph.add(LocalizeClient("/pnv_wrong/localize", "/pnv_wrong/image", name="pnv_wrong_client"))
+    assert client.wait_until_ready(30) and wrong_client.wait_until_ready(30)
+    correct = 0
+    queries = (10, 40, 70, 100)
+    for qi in queries:
+        answer = client.send_and_wait(rgb_to_image_msg(load_rgb(corridor / "query" / f"{qi:07d}.jpg"), float(qi)), 30)
+        assert answer is not None and len(answer.ref_ids) == 10
+        correct += int(answer.ref_ids[0] in corridor_ground_truth[qi])
+    assert correct >= 3
+    d = wait_diag(client, lambda d: int(d["frames_processed"]) >= len(queries) and "rerank_p50_ms" in d)
+    assert d["level"] == "0" and float(d["rerank_p50_ms"]) > 0
+    d = wait_diag(wrong_client, lambda d: d["level"] == "2")
+    assert "rerank.method=performance needs patches" in d["message"] and wrong.localizer is None

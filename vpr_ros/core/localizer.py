@@ -1,10 +1,11 @@
-"""The localization pipeline, ROS-free: image -> encode -> retrieve top-k -> (re-rank) -> Hypothesis.
+"""The localization pipeline, ROS-free: image -> encode -> retrieve top-k -> re-rank -> Hypothesis.
 
 Every stage is a method so a notebook can run them one by one::
 
     loc = Localizer.from_paths("out/corridor_map")
     q = loc.encode(rgb)                  # local features + global descriptor
-    cands = loc.retrieve(q)              # FAISS top-k
+    cands = loc.retrieve(q)              # FAISS top-k (rerank.candidates of them when re-ranking)
+    cands = loc.rerank(q, cands)         # Patch-NetVLAD re-ranking (unchanged when it is off)
     hyp = loc.localize(rgb, stamp=0.0)   # all stages, with per-stage timings
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 from vpr_ros.config import section, setting
 from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.refmap import ReferenceMap
+from vpr_ros.core.rerank import RerankConfig, Reranker, resolve_method
 from vpr_ros.core.vlad import global_descriptors
 
 
@@ -27,11 +29,12 @@ from vpr_ros.core.vlad import global_descriptors
 class LocalizerConfig:
     """Retrieval and hypothesis settings of the localization pipeline."""
 
-    top_k: int = setting(10, "reference candidates retrieved from the FAISS index per query", min=1)
+    top_k: int = setting(10, "reference candidates published per query (best first)", min=1)
     confidence_radius: float = setting(
         5.0, "candidates within this distance (map units, normally metres) of the best one count as the "
         "same place when the confidence ratio test looks for the best competing place", min=0.0)
     encoder: EncoderConfig = section(EncoderConfig)
+    rerank: RerankConfig = section(RerankConfig)
 
 
 @dataclass
@@ -51,19 +54,28 @@ class Candidates:
     """Ranked reference candidates for one query, best first.
 
     Shape:
-        indices: (k,) row indices into the map; scores: (k,) similarity, higher is better.
+        indices: (k,) row indices into the map; scores: (k,) similarity, higher is better (the global
+        cosine similarity, or the fused patch score in [0, 1] after re-ranking);
+        retrieval_scores: (k,) the global cosine similarity of each candidate.
     """
 
     indices: np.ndarray
     scores: np.ndarray
+    retrieval_scores: np.ndarray | None = None
+
+    def head(self, k: int) -> Candidates:
+        """The best ``k`` candidates."""
+        rs = None if self.retrieval_scores is None else self.retrieval_scores[:k]
+        return Candidates(self.indices[:k], self.scores[:k], rs)
 
 
 @dataclass
 class Hypothesis:
     """The pipeline's answer for one query frame.
 
-    ``confidence`` in [0, 1] is a ratio test on cosine distances: 1 - d_best / d_competitor, where the
-    competitor is the best candidate farther than ``confidence_radius`` from the best one.
+    ``confidence`` in [0, 1] is a ratio test on distances d = 1 - score: 1 - d_best / d_competitor, where
+    the competitor is the best candidate farther than ``confidence_radius`` from the best one. The score is
+    the cosine similarity, or the fused Patch-NetVLAD score in [0, 1] when candidates were re-ranked.
     """
 
     stamp: float
@@ -129,6 +141,15 @@ class Localizer:
         self.refmap = refmap
         self.encoder = encoder
         self.height, self.width = (int(v) for v in refmap.input_size)
+        spec = resolve_method(refmap, self.config.rerank)
+        self.reranker = Reranker(refmap, spec, self.config.rerank) if spec is not None else None
+
+    @property
+    def retrieve_k(self) -> int:
+        """Candidates fetched from the global index: the re-ranked pool when re-ranking, else top_k."""
+        if self.reranker is None:
+            return self.config.top_k
+        return max(self.config.top_k, self.config.rerank.candidates)
 
     @classmethod
     def from_paths(cls, map_path: str, config: LocalizerConfig | None = None, verify: bool = True) -> Localizer:
@@ -145,9 +166,18 @@ class Localizer:
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
     def retrieve(self, query: QueryFeatures, k: int | None = None) -> Candidates:
-        sims, idx = self.refmap.search(query.global_descriptor[None], k or self.config.top_k)
+        sims, idx = self.refmap.search(query.global_descriptor[None], k or self.retrieve_k)
         keep = idx[0] >= 0  # FAISS pads with -1 when fewer than k results exist
-        return Candidates(idx[0][keep].astype(np.int64), sims[0][keep].astype(np.float32))
+        scores = sims[0][keep].astype(np.float32)
+        return Candidates(idx[0][keep].astype(np.int64), scores, scores)
+
+    def rerank(self, query: QueryFeatures, candidates: Candidates) -> Candidates:
+        """Patch-NetVLAD re-ranking (eq. 3-5) of the candidates; returned unchanged when re-ranking is off."""
+        if self.reranker is None or len(candidates.indices) == 0:
+            return candidates
+        result = self.reranker.rerank(query.features, candidates.indices)
+        retrieval = candidates.retrieval_scores if candidates.retrieval_scores is not None else candidates.scores
+        return Candidates(candidates.indices[result.order], result.scores, retrieval[result.order])
 
     def hypothesis(self, candidates: Candidates, stamp: float, timings: dict[str, float]) -> Hypothesis:
         frames = self.refmap.frames
@@ -166,7 +196,10 @@ class Localizer:
             query = self.encode(image)
         with timer("retrieve"):
             candidates = self.retrieve(query)
-        return self.hypothesis(candidates, stamp, timer.finish())
+        if self.reranker is not None:
+            with timer("rerank"):
+                candidates = self.rerank(query, candidates)
+        return self.hypothesis(candidates.head(self.config.top_k), stamp, timer.finish())
 
     def localize_many(self, images: Iterable[np.ndarray], stamps: Iterable[float] | None = None) -> list[Hypothesis]:
         """One hypothesis per image, each timed on its own (as the node would see it)."""

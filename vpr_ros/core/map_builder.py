@@ -4,7 +4,8 @@ Two passes over the images:
 
 1. *fit*: encode a sample of up to ``vlad.fit_images`` frames, fit the VLAD vocabulary (k-means) on
    their local features, then the PCA-whitening on their VLADs;
-2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks.
+2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks; with a patch
+   store (``patches.preset``, :mod:`vpr_ros.core.patch_store`) also its Patch-NetVLAD patch descriptors.
 
 Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
@@ -29,6 +30,8 @@ from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict, section, setting
 from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.patch_store import SECTION as PATCH_SECTION
+from vpr_ros.core.patch_store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
 from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap
 from vpr_ros.core.vlad import (
     VladConfig,
@@ -62,6 +65,7 @@ class BuildMapConfig:
     encoder: EncoderConfig = section(EncoderConfig)
     vlad: VladConfig = section(VladConfig)
     index: IndexConfig = section(IndexConfig)
+    patches: PatchStoreConfig = section(PatchStoreConfig)
 
 
 @dataclass
@@ -181,6 +185,20 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
         head = fit_head(source, encoder, size, config.vlad, progress)
         _atomic_savez(head_file, head.to_arrays())
 
+    sections = dict(sections or {})
+    extractors = list(extractors)
+    if config.patches.preset != "none":
+        if head is None or head.projection is None:
+            log.warning("patches.preset=%s ignored: %s", config.patches.preset,
+                        "a 'global' encoder has no local features" if head is None else
+                        "the VLAD head has no PCA projection (vlad.pca_dim=0)")
+        else:
+            spec = resolve_spec(config.patches, feature_grid(size, encoder.card.stride), encoder.card.stride, head)
+            assert spec is not None
+            log.info("patch store: %s, %.1f kB per frame", spec.describe(), spec.bytes_per_frame() / 1e3)
+            extractors.append(patch_extractor(spec, config.patches.strategy))
+            sections[PATCH_SECTION] = spec.section()
+
     n = len(source)
     chunk = config.chunk_size
     starts = list(range(0, n, chunk))
@@ -212,7 +230,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     descriptors = merged.pop("descriptors")
     refmap = ReferenceMap(frames=source.frames, descriptors=descriptors, head=head, encoder=encoder.describe(),
                           input_size=size, index_config=config.index, frame_id=config.frame_id,
-                          sections=dict(sections or {}), arrays=merged,
+                          sections=sections, arrays=merged,
                           provenance={"build_config": config_to_dict(config), **(provenance or {})})
     refmap.save(output, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vpr_ros.config import config_to_dict
 from vpr_ros.core.image import load_rgb
 from vpr_ros.core.localizer import Localizer
 from vpr_ros.core.map_builder import FrameSource
@@ -36,6 +37,10 @@ examples:
 
   # VPR-Bench style ground truth (query index -> list of reference indices)
   evaluate --map maps/corridor --queries data/corridor/query --ground-truth data/corridor/ground_truth_new.npy
+
+  # compare global retrieval with Patch-NetVLAD re-ranking on a map built with --set patches.preset=speed
+  evaluate --map maps/corridor_speed ... --set localizer.rerank.method=none --out out/global
+  evaluate --map maps/corridor_speed ... --set localizer.rerank.candidates=100 --out out/reranked
 
 Writes <out>/report.json (recall@N, latency percentiles per stage, counts, per-query rows) and
 <out>/recall.png (recall@N curve and example matches) and <out>/latency.png.
@@ -113,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     results = run_queries(localizer, queries, progress=not args.quiet)
     report = build_report(results, gt, ns, info={
         "map": str(args.map), "queries": str(args.queries), "encoder": localizer.refmap.encoder,
-        "providers": localizer.encoder.providers, "config": {"top_k": localizer.config.top_k},
+        "providers": localizer.encoder.providers,
+        "config": {"top_k": localizer.config.top_k, "rerank": {
+            **config_to_dict(localizer.config.rerank),
+            "active": localizer.reranker.spec.preset if localizer.reranker is not None else "none",
+            "patches": localizer.reranker.spec.describe() if localizer.reranker is not None else None}},
         "dist_threshold_m": args.dist_threshold if args.ground_truth is None else None,
         "angle_threshold_deg": args.angle_threshold})
     write_json(report, args.out / "report.json")

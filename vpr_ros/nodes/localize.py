@@ -102,7 +102,8 @@ class LocalizeNode(Node):
             self.map_error = ""
         self.get_logger().info(
             f"map {self.config.map_path}: {len(localizer.refmap)} frames, encoder {localizer.encoder.id} on "
-            f"{localizer.encoder.providers[0]}, input {localizer.width}x{localizer.height}, "
+            f"{localizer.encoder.providers[0]}, input {localizer.width}x{localizer.height}, re-ranking: "
+            f"{localizer.reranker.spec.describe() if localizer.reranker else 'off'}, "
             f"loaded in {time.perf_counter() - t0:.2f} s")
         return True
 
