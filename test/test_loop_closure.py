@@ -31,7 +31,7 @@ def hyp(table: FrameTable, stamp: float, rows: list[int], scores: list[float], c
                       sequence_complete=complete)
 
 
-CFG = LoopClosureConfig(min_score=0.3, exclusion_window=5.0, min_consecutive=3, consistency_radius=5.0)
+CFG = LoopClosureConfig(score="score", min_score=0.3, exclusion_window=5.0, min_consecutive=3, consistency_radius=5.0)
 
 
 def test_consecutive_consistent_matches_open_the_gate():

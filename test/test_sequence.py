@@ -183,7 +183,7 @@ class TestSeqSlam:
         assert seq_right == len(truth) - cfg.length + 1
 
     def test_config_checks(self):
-        with pytest.raises(ConfigError, match="velocity_max must be >= sequence.velocity_min"):
+        with pytest.raises(ConfigError, match=r"velocity_max must be >= sequence\.velocity_min"):
             config_from_dict(SequenceConfig, {"velocity_min": 2.0, "velocity_max": 1.0})
         with pytest.raises(ConfigError, match=r"method: 'seqslamm' is not one of"):
             config_from_dict(SequenceConfig, {"method": "seqslamm"})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.ros
@@ -57,8 +56,8 @@ def odometry(stamp: float, x: float) -> Odometry:
 def test_winter_sequence_closes_loops_with_the_right_summer_frames(graph, nordland_half_map, repo):  # noqa: F811
     node = graph.add(localize_node(nordland_half_map, THUMBNAIL, "/seq", **{
         "localizer.sequence.method": "seqslam", "localizer.sequence.length": 10,
-        "localizer.sequence.min_distance_spacing": 1.0, "loop_closure.min_score": 0.18,
-        "loop_closure.min_consecutive": 3, "loop_closure.exclusion_window": 30.0}))
+        "localizer.sequence.min_distance_spacing": 1.0, "loop_closure.score": "score",
+        "loop_closure.min_score": 0.18, "loop_closure.min_consecutive": 3, "loop_closure.exclusion_window": 30.0}))
     client = graph.add(LocalizeClient("/seq/localize", "/seq/image", name="seq_client"))
     odom_pub = client.create_publisher(Odometry, "/seq/odom", 50)
     assert client.wait_until_ready(30)
