@@ -33,7 +33,6 @@ def summer_thumbnail_map(tmp_path_factory: pytest.TempPathFactory, nordland: Pat
     return out
 
 
-@pytest.mark.slow
 def test_ten_frame_seqslam_reaches_the_issue_target(summer_thumbnail_map: Path, nordland: Path):
     """The acceptance figure of issue 4: recall@1 >= 0.70 with 10-frame sequences (single frame ~0.2)."""
     refmap = ReferenceMap.load(summer_thumbnail_map)
