@@ -19,6 +19,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="node parameters (ROS 2 params file)"),
         DeclareLaunchArgument("map_path", description="reference map directory made by build_map"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="camera image topic"),
+        DeclareLaunchArgument("odom", default_value="/odom",
+                              description="nav_msgs/Odometry topic (optional; spaces sequence frames by distance)"),
         DeclareLaunchArgument("model", default_value=os.path.join(share, "models", "efficientnet_lite0_b10.onnx"),
                               description="encoder ONNX model the map was built with"),
         Node(
@@ -29,7 +31,7 @@ def generate_launch_description() -> LaunchDescription:
             parameters=[LaunchConfiguration("params_file"),
                         {"map_path": LaunchConfiguration("map_path"),
                          "localizer.encoder.model": LaunchConfiguration("model")}],
-            remappings=[("image", LaunchConfiguration("image")),
+            remappings=[("image", LaunchConfiguration("image")), ("odom", LaunchConfiguration("odom")),
                         ("image/compressed", [LaunchConfiguration("image"), "/compressed"])],
         ),
     ])

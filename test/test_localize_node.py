@@ -41,6 +41,7 @@ class Graph:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self.thread.join(timeout=10)  # spin must have returned before rclpy shuts the context down
         for node in self.nodes:
             if isinstance(node, LocalizeNode):
                 node.shutdown()

@@ -72,7 +72,7 @@ def test_localizer_reranks_with_the_stored_patches(corridor_patch_map: Path, enc
                                                    corridor_ground_truth):
     refmap = ReferenceMap.load(corridor_patch_map)
     loc = Localizer(refmap, encoder, LocalizerConfig(top_k=5, rerank=RerankConfig(candidates=20)))
-    assert loc.reranker is not None and loc.retrieve_k == 20
+    assert loc.reranker is not None and loc.retrieval_k == 20
     image = load_rgb(corridor / "query" / "0000042.jpg")
     hyp = loc.localize(image)
     assert set(hyp.timings_ms) >= {"encode", "retrieve", "rerank", "total"}
@@ -160,3 +160,24 @@ def test_evaluate_cli_reports_reranked_recall(corridor_patch_map: Path, corridor
     assert "rerank" in report["stage_latency_ms"] and report["stage_latency_ms"]["rerank"]["count"] == 12
     assert report["recall@1"] >= 0.75
     assert "R@1" in capsys.readouterr().out
+
+
+def test_sequence_stage_fuses_the_reranked_candidates(corridor_patch_map: Path, encoder, corridor: Path,
+                                                      corridor_ground_truth):
+    """Re-ranking then seq2im: the sequence stage sees the re-ranked pool, and is timed after it."""
+    from vpr_ros.core.sequence import SequenceConfig
+
+    refmap = ReferenceMap.load(corridor_patch_map)
+    config = LocalizerConfig(top_k=5, rerank=RerankConfig(candidates=20),
+                             sequence=SequenceConfig(method="seq2im_min", length=3, frame_top_k=50))
+    loc = Localizer(refmap, encoder, config)
+    # fused patch scores and cosine similarities cannot be mixed: retrieval stops at the re-ranked pool
+    assert loc.retrieval_k == 20
+    hyps = [loc.localize(load_rgb(corridor / "query" / f"{i:07d}.jpg"), stamp=float(i)) for i in (40, 41, 42)]
+    last = hyps[-1]
+    assert list(last.timings_ms)[:4] == ["encode", "retrieve", "rerank", "sequence"]
+    assert last.sequence_frames == 3 and last.sequence_complete and last.single is not None
+    pool = loc.rerank(loc.encode(load_rgb(corridor / "query" / "0000042.jpg")),
+                      loc.retrieve(loc.encode(load_rgb(corridor / "query" / "0000042.jpg"))))
+    np.testing.assert_array_equal(last.single.indices, pool.indices[:5])
+    assert last.indices[0] in corridor_ground_truth[42]

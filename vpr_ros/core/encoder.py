@@ -40,7 +40,8 @@ class EncoderConfig:
     """Which ONNX model encodes images and where it runs."""
 
     model: str = setting("models/efficientnet_lite0_b10.onnx",
-                         "ONNX model file; its model card (same name, .yaml) must lie beside it")
+                         "ONNX model file (its model card, same name .yaml, must lie beside it), or a "
+                         "weights-free encoder such as thumbnail:64x32,patch=8 (SeqSLAM-style thumbnails)")
     device: str = setting("auto", "ONNX Runtime device: auto = CUDA when available, else CPU",
                           choices=("auto", "cuda", "cpu"))
     threads: int = setting(0, "CPU threads for ONNX Runtime (0 = one per core)", min=0)
@@ -130,8 +131,14 @@ class Encoder(Protocol):
     def features(self, images: list[np.ndarray], height: int, width: int) -> np.ndarray: ...
 
 
+def _thumbnail_encoder(config: EncoderConfig) -> Encoder:
+    from vpr_ros.core.thumbnail import ThumbnailEncoder  # imported late: thumbnail.py imports this module
+
+    return ThumbnailEncoder(config)
+
+
 #: Encoders that are not ONNX files, by the prefix of ``EncoderConfig.model`` (e.g. ``thumbnail:...``).
-ENCODER_FACTORIES: dict[str, Callable[[EncoderConfig], Encoder]] = {}
+ENCODER_FACTORIES: dict[str, Callable[[EncoderConfig], Encoder]] = {"thumbnail": _thumbnail_encoder}
 
 
 def make_encoder(config: EncoderConfig | None = None) -> Encoder:

@@ -1,4 +1,4 @@
-"""The localization pipeline, ROS-free: image -> encode -> retrieve top-k -> re-rank -> Hypothesis.
+"""The localization pipeline, ROS-free: image -> encode -> retrieve top-k -> (re-rank) -> sequence -> Hypothesis.
 
 Every stage is a method so a notebook can run them one by one::
 
@@ -7,6 +7,10 @@ Every stage is a method so a notebook can run them one by one::
     cands = loc.retrieve(q)              # FAISS top-k (rerank.candidates of them when re-ranking)
     cands = loc.rerank(q, cands)         # Patch-NetVLAD re-ranking (unchanged when it is off)
     hyp = loc.localize(rgb, stamp=0.0)   # all stages, with per-stage timings
+
+The sequence stage (``LocalizerConfig.sequence``, :mod:`vpr_ros.core.sequence`) keeps state: the recent
+frames of the camera. Feed one camera's frames in order, and call :meth:`Localizer.reset_sequence` when
+the stream breaks (another camera, a jump of the robot).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from vpr_ros.config import section, setting
 from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.rerank import RerankConfig, Reranker, resolve_method
+from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.core.vlad import global_descriptors
 
 
@@ -35,6 +40,7 @@ class LocalizerConfig:
         "same place when the confidence ratio test looks for the best competing place", min=0.0)
     encoder: EncoderConfig = section(EncoderConfig)
     rerank: RerankConfig = section(RerankConfig)
+    sequence: SequenceConfig = section(SequenceConfig)
 
 
 @dataclass
@@ -75,7 +81,10 @@ class Hypothesis:
 
     ``confidence`` in [0, 1] is a ratio test on distances d = 1 - score: 1 - d_best / d_competitor, where
     the competitor is the best candidate farther than ``confidence_radius`` from the best one. The score is
-    the cosine similarity, or the fused Patch-NetVLAD score in [0, 1] when candidates were re-ranked.
+    the cosine similarity, or the fused Patch-NetVLAD score in [0, 1] when candidates were re-ranked. With a sequence
+    method, ``scores`` are sequence scores, ``sequence_frames`` says how many frames the answer rests on
+    (``sequence_complete`` once the buffer is full) and ``single`` is the single-frame answer of the same
+    frame, for comparison.
     """
 
     stamp: float
@@ -86,6 +95,9 @@ class Hypothesis:
     orientations: np.ndarray
     confidence: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    sequence_frames: int = 1
+    sequence_complete: bool = True
+    single: Hypothesis | None = None
 
     @property
     def best_index(self) -> int:
@@ -144,12 +156,9 @@ class Localizer:
         spec = resolve_method(refmap, self.config.rerank)
         self.reranker = Reranker(refmap, spec, self.config.rerank) if spec is not None else None
 
-    @property
-    def retrieve_k(self) -> int:
-        """Candidates fetched from the global index: the re-ranked pool when re-ranking, else top_k."""
-        if self.reranker is None:
-            return self.config.top_k
-        return max(self.config.top_k, self.config.rerank.candidates)
+        self.sequence: SequenceMatcher | None = None
+        if self.config.sequence.method != "none":
+            self.sequence = SequenceMatcher(self.config.sequence, refmap.descriptors, self.config.top_k)
 
     @classmethod
     def from_paths(cls, map_path: str, config: LocalizerConfig | None = None, verify: bool = True) -> Localizer:
@@ -166,7 +175,7 @@ class Localizer:
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
     def retrieve(self, query: QueryFeatures, k: int | None = None) -> Candidates:
-        sims, idx = self.refmap.search(query.global_descriptor[None], k or self.retrieve_k)
+        sims, idx = self.refmap.search(query.global_descriptor[None], k or self.retrieval_k)
         keep = idx[0] >= 0  # FAISS pads with -1 when fewer than k results exist
         scores = sims[0][keep].astype(np.float32)
         return Candidates(idx[0][keep].astype(np.int64), scores, scores)
@@ -179,6 +188,36 @@ class Localizer:
         retrieval = candidates.retrieval_scores if candidates.retrieval_scores is not None else candidates.scores
         return Candidates(candidates.indices[result.order], result.scores, retrieval[result.order])
 
+    @property
+    def retrieval_k(self) -> int:
+        """Candidates fetched from the global index per frame: the re-ranked pool when re-ranking, else top_k
+        or more when the sequence stage needs them.
+
+        With re-ranking the sequence stage sees the re-ranked pool only: fused patch scores and cosine
+        similarities are on different scales, so candidates outside the pool cannot be mixed in.
+        """
+        if self.reranker is not None:
+            return max(self.config.top_k, self.config.rerank.candidates)
+        return max(self.config.top_k, self.sequence.candidates_needed if self.sequence is not None else 0)
+
+    def fuse_sequence(self, query: QueryFeatures, candidates: Candidates, stamp: float,
+                      travelled: float | None = None) -> tuple[Candidates, int, bool]:
+        """Sequence stage: add this frame to the camera's sequence and rank map frames for the sequence.
+
+        Works on whatever ``candidates`` the previous stages produced (FAISS or re-ranked). Returns the
+        fused candidates, the number of frames they rest on and whether the sequence was complete.
+        """
+        if self.sequence is None:
+            return candidates, 1, True
+        result = self.sequence.fuse(query.global_descriptor, candidates.indices, candidates.scores, stamp,
+                                    travelled)
+        return Candidates(result.rows, result.scores), result.frames, result.complete
+
+    def reset_sequence(self) -> None:
+        """Forget the recent frames: the next frame starts a new sequence."""
+        if self.sequence is not None:
+            self.sequence.reset()
+
     def hypothesis(self, candidates: Candidates, stamp: float, timings: dict[str, float]) -> Hypothesis:
         frames = self.refmap.frames
         idx = candidates.indices
@@ -189,17 +228,37 @@ class Localizer:
                           timings_ms=timings)
 
     # ---- end to end ------------------------------------------------------------------------------
-    def localize(self, image: np.ndarray, stamp: float = 0.0) -> Hypothesis:
-        """Full pipeline for one RGB uint8 image, with per-stage wall times in ``timings_ms``."""
+    def localize(self, image: np.ndarray, stamp: float = 0.0, travelled: float | None = None) -> Hypothesis:
+        """Full pipeline for one RGB uint8 image, with per-stage wall times in ``timings_ms``.
+
+        Args:
+            image: RGB uint8 (H, W, 3).
+            stamp: capture time in seconds (the sequence stage spaces frames by it).
+            travelled: odometry path length at ``stamp`` in metres, if known (spaces frames by distance).
+        """
         timer = StageTimer()
         with timer("encode"):
             query = self.encode(image)
+        return self.localize_features(query, stamp, travelled, timer)
+
+    def localize_features(self, query: QueryFeatures, stamp: float = 0.0, travelled: float | None = None,
+                          timer: StageTimer | None = None) -> Hypothesis:
+        """The stages after encoding (for callers that encode many images in a batch first)."""
+        timer = timer or StageTimer()
         with timer("retrieve"):
             candidates = self.retrieve(query)
         if self.reranker is not None:
             with timer("rerank"):
                 candidates = self.rerank(query, candidates)
-        return self.hypothesis(candidates.head(self.config.top_k), stamp, timer.finish())
+        if self.sequence is None:
+            return self.hypothesis(candidates.head(self.config.top_k), stamp, timer.finish())
+        single = candidates.head(self.config.top_k)
+        with timer("sequence"):
+            fused, frames, complete = self.fuse_sequence(query, candidates, stamp, travelled)
+        hyp = self.hypothesis(fused.head(self.config.top_k), stamp, timer.finish())
+        hyp.sequence_frames, hyp.sequence_complete = frames, complete
+        hyp.single = self.hypothesis(single, stamp, {})
+        return hyp
 
     def localize_many(self, images: Iterable[np.ndarray], stamps: Iterable[float] | None = None) -> list[Hypothesis]:
         """One hypothesis per image, each timed on its own (as the node would see it)."""

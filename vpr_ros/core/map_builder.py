@@ -89,8 +89,11 @@ def _fingerprint(config: BuildMapConfig, encoder: Encoder, frames: FrameTable,
 def input_size(config: BuildMapConfig, encoder: Encoder, image_hw: tuple[int, int]) -> tuple[int, int]:
     """Network input (height, width): explicit settings, else the card's default capped at max_upscale x image.
 
-    Automatic sizes are rounded up to the model's size multiple (its output stride).
+    Automatic sizes are rounded up to the model's size multiple (its output stride). Encoders whose card
+    declares ``input.fixed_size`` (thumbnails: the size is part of their identity) always get their own size.
     """
+    if encoder.card.raw.get("input", {}).get("fixed_size"):
+        return encoder.card.default_size
     multiple = int(encoder.card.raw.get("input", {}).get("size_multiple", encoder.card.stride))
     auto = []
     for default, actual in zip(encoder.card.default_size, image_hw, strict=True):

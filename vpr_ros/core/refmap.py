@@ -293,13 +293,17 @@ class ReferenceMap:
         return refmap
 
     def check_encoder(self, encoder: dict[str, Any]) -> None:
-        """Refuse an encoder other than the one the map was built with."""
+        """Refuse an encoder other than the one the map was built with (same id and every sha256 it records:
+        the ONNX file's for models, the spec's for weights-free encoders such as thumbnails)."""
         mine = self.encoder
-        if mine.get("id") != encoder.get("id") or mine.get("onnx_sha256") != encoder.get("onnx_sha256"):
-            raise MapError(
-                f"map was built with encoder {mine.get('id')} (onnx sha256 {str(mine.get('onnx_sha256'))[:12]}...) "
-                f"but the pipeline loaded {encoder.get('id')} (sha256 {str(encoder.get('onnx_sha256'))[:12]}...); "
-                "use the same model or rebuild the map")
+        digests = sorted(k for k in set(mine) | set(encoder) if k.endswith("sha256"))
+        if mine.get("id") != encoder.get("id") or any(mine.get(k) != encoder.get(k) for k in digests):
+            def ident(e: dict[str, Any]) -> str:
+                sums = ", ".join(f"{k.replace('_', ' ')} {str(e.get(k))[:12]}..." for k in digests)
+                return f"{e.get('id')} ({sums})" if sums else str(e.get("id"))
+
+            raise MapError(f"map was built with encoder {ident(mine)} but the pipeline loaded {ident(encoder)}; "
+                           "use the same model or rebuild the map")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

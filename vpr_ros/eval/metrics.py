@@ -1,8 +1,9 @@
-"""Retrieval metrics (recall@N) and latency statistics."""
+"""Retrieval metrics (recall@N, precision-recall, R@100P, AUC) and latency statistics."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +29,80 @@ def recall_at_n(ranked: Sequence[np.ndarray], positives: Sequence[np.ndarray],
     ranked_ = [r for r, h in zip(ranked, has, strict=True) if h]
     pos_ = [p for p, h in zip(positives, has, strict=True) if h]
     return {n: float(correct_at(ranked_, pos_, n).mean()) for n in ns}
+
+
+@dataclass
+class PrecisionRecall:
+    """Precision-recall of accepting a query's top-1 answer when its score is at least a threshold.
+
+    Every query with an answer is a prediction; it is a true positive when the answer is correct and a
+    false positive otherwise (including every accepted query that has no correct answer in the map, e.g.
+    a stretch of route the map does not cover). Recall is over the queries that do have a correct answer.
+
+    Shape:
+        thresholds, precision, recall: (T,), thresholds decreasing, one point per distinct score.
+    """
+
+    thresholds: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+
+    @property
+    def auc(self) -> float:
+        """Area under the curve as average precision: sum over points of precision x recall gained."""
+        if self.recall.size == 0:
+            return float("nan")
+        gained = np.diff(np.concatenate([[0.0], self.recall]))
+        return float(np.sum(gained * self.precision))
+
+    def _clean_prefix(self) -> int:
+        """Points before the first false positive (precision stays 1 exactly until then, never after)."""
+        return int(np.argmin(self.precision >= 1.0)) if (self.precision < 1.0).any() else len(self.precision)
+
+    @property
+    def recall_at_100_precision(self) -> float:
+        """Highest recall reached with no false positive (R@100P); 0 when the best answer is already wrong."""
+        n = self._clean_prefix()
+        return float(self.recall[n - 1]) if n else 0.0
+
+    @property
+    def threshold_at_100_precision(self) -> float:
+        """Lowest score threshold with no false positive (inf when there is none): a loop-closure threshold."""
+        n = self._clean_prefix()
+        return float(self.thresholds[n - 1]) if n else float("inf")
+
+    def summary(self) -> dict[str, float]:
+        return {"auc": self.auc, "recall_at_100_precision": self.recall_at_100_precision,
+                "threshold_at_100_precision": self.threshold_at_100_precision}
+
+    def curve(self, max_points: int = 200) -> dict[str, list[float]]:
+        """The curve thinned to at most ``max_points`` points, for reports."""
+        keep = np.unique(np.linspace(0, len(self.thresholds) - 1, min(max_points, len(self.thresholds)))
+                         .round().astype(int)) if len(self.thresholds) else np.zeros(0, int)
+        return {"threshold": self.thresholds[keep].tolist(), "precision": self.precision[keep].tolist(),
+                "recall": self.recall[keep].tolist()}
+
+
+def precision_recall(scores: np.ndarray, correct: np.ndarray, has_positive: np.ndarray) -> PrecisionRecall:
+    """Precision and recall of "accept the top-1 answer when its score >= t" for every distinct t.
+
+    Args:
+        scores: (Q,) score of each query's top-1 answer (NaN = no answer, never accepted).
+        correct: (Q,) whether that answer is correct.
+        has_positive: (Q,) whether the query has any correct answer in the map.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    answered = ~np.isnan(scores)
+    positives = int(np.asarray(has_positive, dtype=bool).sum())
+    order = np.argsort(-scores[answered], kind="stable")
+    s, c = scores[answered][order], correct[answered][order]
+    tp = np.cumsum(c)
+    accepted = np.arange(1, len(s) + 1)
+    last_of_tie = np.flatnonzero(np.append(s[1:] != s[:-1], True)) if len(s) else np.zeros(0, int)
+    precision = tp[last_of_tie] / accepted[last_of_tie]
+    recall = tp[last_of_tie] / positives if positives else np.full(len(last_of_tie), np.nan)
+    return PrecisionRecall(s[last_of_tie], precision.astype(np.float64), recall.astype(np.float64))
 
 
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:

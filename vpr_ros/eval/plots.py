@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.eval.ground_truth import GroundTruth
-from vpr_ros.eval.metrics import recall_at_n
+from vpr_ros.eval.metrics import PrecisionRecall, recall_at_n
 from vpr_ros.eval.report import QueryResult
 
 
@@ -97,6 +97,31 @@ def plot_latency(results: Sequence[QueryResult], path: str | Path, title: str = 
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_precision_recall(curves: dict[str, PrecisionRecall], path: str | Path,
+                          title: str = "precision-recall") -> Path:
+    """Precision-recall curves side by side (e.g. single frame vs sequence), AUC and R@100P in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, pr in curves.items():
+        recall = np.concatenate([[0.0], pr.recall])
+        precision = np.concatenate([[1.0], pr.precision])
+        ax.step(recall, precision, where="post",
+                label=f"{name}: AUC {pr.auc:.2f}, R@100P {pr.recall_at_100_precision:.2f}")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

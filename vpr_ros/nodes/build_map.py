@@ -28,6 +28,10 @@ examples:
   # images named by timestamp + a TUM trajectory (stamp tx ty tz qx qy qz qw), 64 VLAD clusters
   build_map --images run1/rgb --poses run1/groundtruth.txt --output maps/run1 --set vlad.num_clusters=64
 
+  # weights-free SeqSLAM-style thumbnails (tiny cameras; sequence matching with localizer.sequence.method)
+  build_map --images data/nordland_part1/summer --output maps/nordland_thumb \\
+      --set encoder.model=thumbnail:64x32,patch=8
+
   # through ROS 2: ros2 run vpr_ros build_map --images ... --output ...
 
 An interrupted build continues where it stopped when the same command is run again; the map directory

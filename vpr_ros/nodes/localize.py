@@ -2,14 +2,18 @@
 
 Subscriptions
     ``image`` (sensor_msgs/Image) or ``image/compressed`` (sensor_msgs/CompressedImage), sensor-data QoS.
+    ``odom`` (nav_msgs/Odometry), optional: spaces the sequence buffer by travelled distance.
 Publications
     ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped): best reference pose, stamp = query stamp,
     frame = map frame, covariance from the hypothesis confidence.
     ``~/candidates`` (geometry_msgs/PoseArray): top-k reference poses, best first.
     ``~/matches`` (sensor_msgs/PointCloud2): top-k as typed rows x y z qx qy qz qw score ref_id.
+    ``~/loop_closure`` (sensor_msgs/PointCloud2): gated loop closures, one typed point per message
+    (x y z qx qy qz qw ref_stamp score ref_id), stamp = query stamp (see README "Loop closures for SLAM").
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rate, latency percentiles, drops, errors.
 Services
     ``~/reload_map`` (std_srvs/Trigger): load the map (and encoder) again, e.g. after rebuilding it.
+    ``~/reset`` (std_srvs/Trigger): forget the sequence buffer and the loop-closure history.
 
 The image callback only hands the message to a latest-only slot; a worker thread decodes, localizes and
 publishes. A frame that arrives while the worker is busy replaces the waiting one (counted as dropped), so
@@ -28,6 +32,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -37,9 +42,17 @@ from std_srvs.srv import Trigger
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, unflatten
 from vpr_ros.core.localizer import Localizer
+from vpr_ros.core.loop_closure import LoopClosureGate
+from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.nodes.image_decoding import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
 from vpr_ros.nodes.localize_config import LocalizeNodeConfig
-from vpr_ros.nodes.messages import hypothesis_to_matches, hypothesis_to_pose, hypothesis_to_pose_array, stamp_from_msg
+from vpr_ros.nodes.messages import (
+    hypothesis_to_matches,
+    hypothesis_to_pose,
+    hypothesis_to_pose_array,
+    loop_closure_to_msg,
+    stamp_from_msg,
+)
 from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats
 
 
@@ -67,18 +80,24 @@ class LocalizeNode(Node):
         self.slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         self._pipeline_lock = threading.Lock()
         self.localizer: Localizer | None = None
+        self.gate: LoopClosureGate | None = None
         self.map_error = ""
         self.frame_id = "map"
+        self.odometry = OdometryTrack(timeout=self.config.localizer.sequence.odometry_timeout)
+        self.loop_closures = 0
 
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
         self.candidates_pub = self.create_publisher(PoseArray, "~/candidates", 10)
         self.matches_pub = self.create_publisher(PointCloud2, "~/matches", 10)
+        self.loop_closure_pub = self.create_publisher(PointCloud2, "~/loop_closure", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(Odometry, "odom", self._on_odometry, 50)
         if self.config.image_transport == "compressed":
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data)
         else:
             self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data)
         self.create_service(Trigger, "~/reload_map", self._on_reload)
+        self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics)
 
         self.load_pipeline()
@@ -96,8 +115,13 @@ class LocalizeNode(Node):
             self.map_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"cannot load map {self.config.map_path}: {self.map_error}")
             return False
+        gate = None
+        if self.config.loop_closure.enabled:
+            gate = LoopClosureGate(self.config.loop_closure, localizer.refmap.frames,
+                                   self.config.localizer.confidence_radius)
         with self._pipeline_lock:
             self.localizer = localizer
+            self.gate = gate
             self.frame_id = localizer.refmap.frame_id
             self.map_error = ""
         self.get_logger().info(
@@ -112,7 +136,22 @@ class LocalizeNode(Node):
         response.message = "map loaded" if response.success else self.map_error
         return response
 
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._pipeline_lock:
+            localizer, gate = self.localizer, self.gate
+        if localizer is not None:
+            localizer.reset_sequence()
+        if gate is not None:
+            gate.reset()
+        response.success = True
+        response.message = "sequence buffer and loop-closure history cleared"
+        return response
+
     # ---- data path -------------------------------------------------------------------------------
+    def _on_odometry(self, msg: Odometry) -> None:
+        p = msg.pose.pose.position
+        self.odometry.add(stamp_from_msg(msg.header.stamp), (p.x, p.y, p.z))
+
     def _on_image(self, msg: Any) -> None:
         self.stats.on_received()
         self.slot.put((msg, time.perf_counter()))
@@ -126,7 +165,7 @@ class LocalizeNode(Node):
     def process(self, msg: Any, received_at: float) -> None:
         """Decode, localize and publish one frame; every failure is counted and reported."""
         with self._pipeline_lock:
-            localizer = self.localizer
+            localizer, gate = self.localizer, self.gate
         if localizer is None:
             self.stats.on_error("no_map", f"frame ignored, no map loaded: {self.map_error}")
             return
@@ -136,8 +175,9 @@ class LocalizeNode(Node):
             self.stats.on_error(exc.kind, str(exc))
             self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
             return
+        stamp = stamp_from_msg(msg.header.stamp)
         try:
-            hyp = localizer.localize(rgb, stamp_from_msg(msg.header.stamp))
+            hyp = localizer.localize(rgb, stamp, self.odometry.travelled_at(stamp))
         except Exception as exc:
             self.stats.on_error("pipeline", f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"localization failed: {exc}", throttle_duration_sec=5.0)
@@ -149,6 +189,10 @@ class LocalizeNode(Node):
         if self.config.publish_candidates:
             self.candidates_pub.publish(hypothesis_to_pose_array(hyp, self.frame_id))
             self.matches_pub.publish(hypothesis_to_matches(hyp, self.frame_id))
+        closure = gate.update(hyp) if gate is not None else None
+        if closure is not None:
+            self.loop_closure_pub.publish(loop_closure_to_msg(closure, self.frame_id))
+            self.loop_closures += 1
         self.stats.on_processed((time.perf_counter() - received_at) * 1e3, hyp.timings_ms)
 
     # ---- diagnostics -----------------------------------------------------------------------------
@@ -165,7 +209,13 @@ class LocalizeNode(Node):
                   "errors_total": errors, "rate_hz": round(s.rate_hz(), 3),
                   **{k: round(v, 3) for k, v in s.latency_percentiles().items()},
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
-                  "map_path": self.config.map_path, "last_error": s.last_error}
+                  "map_path": self.config.map_path, "last_error": s.last_error,
+                  "loop_closures": self.loop_closures}
+        sequence = self.localizer.sequence if self.localizer is not None else None
+        if sequence is not None:
+            values.update(sequence_method=sequence.config.method, sequence_buffered=len(sequence.buffer),
+                          sequence_restarts=sequence.buffer.restarts,
+                          odometry="yes" if self.odometry.latest_stamp is not None else "no")
         return DiagnosticStatus(level=level, name=f"vpr_ros: {self.get_fully_qualified_name()}", message=message,
                                 hardware_id=self.config.map_path,
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from vpr_ros.config import section, setting
 from vpr_ros.core.localizer import LocalizerConfig
+from vpr_ros.core.loop_closure import LoopClosureConfig
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class LocalizeNodeConfig:
     yaw_sigma_deg: float = setting(
         15.0, "heading standard deviation (degrees) at confidence 1; grows like the position sigma", min=0.0)
     localizer: LocalizerConfig = section(LocalizerConfig)
+    loop_closure: LoopClosureConfig = section(LoopClosureConfig)
 
     def __post_init__(self) -> None:
         if self.position_sigma_max < self.position_sigma_min:

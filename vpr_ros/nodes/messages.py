@@ -11,13 +11,20 @@ from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
 from vpr_ros.core.localizer import Hypothesis
+from vpr_ros.core.loop_closure import LoopClosure
 
 #: Fields of one ~/matches point: the candidate's reference pose, FAISS/re-rank score and frame id.
 MATCH_FIELDS = (("x", PointField.FLOAT64), ("y", PointField.FLOAT64), ("z", PointField.FLOAT64),
                 ("qx", PointField.FLOAT64), ("qy", PointField.FLOAT64), ("qz", PointField.FLOAT64),
                 ("qw", PointField.FLOAT64), ("score", PointField.FLOAT32), ("ref_id", PointField.UINT32))
+#: Fields of the one ~/loop_closure point: the matched map frame's pose and stamp, the gated score, its id.
+LOOP_CLOSURE_FIELDS = (("x", PointField.FLOAT64), ("y", PointField.FLOAT64), ("z", PointField.FLOAT64),
+                       ("qx", PointField.FLOAT64), ("qy", PointField.FLOAT64), ("qz", PointField.FLOAT64),
+                       ("qw", PointField.FLOAT64), ("ref_stamp", PointField.FLOAT64),
+                       ("score", PointField.FLOAT32), ("ref_id", PointField.UINT32))
 _NP_TYPES = {PointField.FLOAT64: "<f8", PointField.FLOAT32: "<f4", PointField.UINT32: "<u4"}
 MATCH_DTYPE = np.dtype([(name, _NP_TYPES[t]) for name, t in MATCH_FIELDS])
+LOOP_CLOSURE_DTYPE = np.dtype([(name, _NP_TYPES[t]) for name, t in LOOP_CLOSURE_FIELDS])
 
 
 def stamp_to_msg(stamp: float) -> Time:
@@ -75,6 +82,49 @@ def hypothesis_to_pose_array(hyp: Hypothesis, frame_id: str) -> PoseArray:
     return msg
 
 
+def _table_cloud(rows: np.ndarray, fields_spec: tuple[tuple[str, int], ...], stamp: float,
+                 frame_id: str) -> PointCloud2:
+    """A structured array as a PointCloud2 whose fields are the array's columns (lossless, typed)."""
+    offsets = [rows.dtype.fields[name][1] for name, _ in fields_spec]
+    fields = [PointField(name=name, offset=int(off), datatype=dt, count=1)
+              for (name, dt), off in zip(fields_spec, offsets, strict=True)]
+    return PointCloud2(header=Header(stamp=stamp_to_msg(stamp), frame_id=frame_id), height=1,
+                       width=len(rows), fields=fields, is_bigendian=False, point_step=rows.dtype.itemsize,
+                       row_step=rows.dtype.itemsize * len(rows), data=rows.tobytes(), is_dense=False)
+
+
+def _table_from_cloud(msg: PointCloud2, fields_spec: tuple[tuple[str, int], ...], dtype: np.dtype,
+                      what: str) -> np.ndarray:
+    names = [f.name for f in msg.fields]
+    if names != [name for name, _ in fields_spec] or msg.point_step != dtype.itemsize:
+        raise ValueError(f"not a vpr_ros {what} cloud (fields {names})")
+    return np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width * msg.height).copy()
+
+
+def loop_closure_to_msg(closure: LoopClosure, frame_id: str) -> PointCloud2:
+    """A loop closure as a one-point PointCloud2 with typed fields (LOOP_CLOSURE_FIELDS).
+
+    ``header.stamp`` is the query frame's stamp and ``header.frame_id`` the map frame; the point holds the
+    matched map frame's pose (x y z qx qy qz qw, float64; NaN when the map has no pose for it), its stamp
+    (``ref_stamp``, float64 seconds, as stored in the map), the gated ``score`` (float32) and its id
+    (``ref_id``, uint32). Nothing is rounded or packed into unrelated fields.
+    """
+    row = np.zeros(1, dtype=LOOP_CLOSURE_DTYPE)
+    for i, axis in enumerate(("x", "y", "z")):
+        row[axis] = closure.position[i]
+    for i, axis in enumerate(("qx", "qy", "qz", "qw")):
+        row[axis] = closure.orientation[i]
+    row["ref_stamp"] = closure.ref_stamp
+    row["score"] = closure.score
+    row["ref_id"] = closure.ref_id
+    return _table_cloud(row, LOOP_CLOSURE_FIELDS, closure.stamp, frame_id)
+
+
+def loop_closure_from_msg(msg: PointCloud2) -> np.ndarray:
+    """Inverse of :func:`loop_closure_to_msg`: a structured array with LOOP_CLOSURE_DTYPE rows (one)."""
+    return _table_from_cloud(msg, LOOP_CLOSURE_FIELDS, LOOP_CLOSURE_DTYPE, "loop closure")
+
+
 def hypothesis_to_matches(hyp: Hypothesis, frame_id: str) -> PointCloud2:
     """Candidates as a PointCloud2 with typed fields (x y z qx qy qz qw score ref_id), best first.
 
@@ -88,17 +138,9 @@ def hypothesis_to_matches(hyp: Hypothesis, frame_id: str) -> PointCloud2:
         rows[axis] = hyp.orientations[:, i]
     rows["score"] = hyp.scores
     rows["ref_id"] = hyp.ids
-    offsets = [MATCH_DTYPE.fields[name][1] for name, _ in MATCH_FIELDS]
-    fields = [PointField(name=name, offset=int(off), datatype=dt, count=1)
-              for (name, dt), off in zip(MATCH_FIELDS, offsets, strict=True)]
-    return PointCloud2(header=Header(stamp=stamp_to_msg(hyp.stamp), frame_id=frame_id), height=1,
-                       width=len(rows), fields=fields, is_bigendian=False, point_step=MATCH_DTYPE.itemsize,
-                       row_step=MATCH_DTYPE.itemsize * len(rows), data=rows.tobytes(), is_dense=False)
+    return _table_cloud(rows, MATCH_FIELDS, hyp.stamp, frame_id)
 
 
 def matches_from_msg(msg: PointCloud2) -> np.ndarray:
     """Inverse of :func:`hypothesis_to_matches`: a structured array with MATCH_DTYPE rows."""
-    names = [f.name for f in msg.fields]
-    if names != [name for name, _ in MATCH_FIELDS] or msg.point_step != MATCH_DTYPE.itemsize:
-        raise ValueError(f"not a vpr_ros matches cloud (fields {names})")
-    return np.frombuffer(bytes(msg.data), dtype=MATCH_DTYPE, count=msg.width * msg.height).copy()
+    return _table_from_cloud(msg, MATCH_FIELDS, MATCH_DTYPE, "matches")

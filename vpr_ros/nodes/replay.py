@@ -24,7 +24,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 
-from vpr_ros.nodes.messages import matches_from_msg, stamp_from_msg, stamp_to_msg
+from vpr_ros.nodes.messages import loop_closure_from_msg, matches_from_msg, stamp_from_msg, stamp_to_msg
 
 
 def rgb_to_image_msg(rgb: np.ndarray, stamp: float, frame_id: str = "camera", encoding: str = "rgb8") -> Image:
@@ -46,6 +46,17 @@ def jpeg_to_compressed_msg(jpeg: bytes, stamp: float, frame_id: str = "camera") 
 
 
 @dataclass
+class LoopClosureAnswer:
+    """One ~/loop_closure message: the query stamp and the matched map frame."""
+
+    stamp: float
+    ref_id: int
+    ref_stamp: float
+    position: np.ndarray
+    score: float
+
+
+@dataclass
 class Answer:
     """The node's answer to one published frame."""
 
@@ -57,7 +68,7 @@ class Answer:
 
 
 class LocalizeClient(Node):
-    """Publishes frames to a localize node and collects its ~/matches and /diagnostics."""
+    """Publishes frames to a localize node and collects its ~/matches, ~/loop_closure and /diagnostics."""
 
     def __init__(self, node_namespace: str = "/localize", image_topic: str = "image",
                  compressed: bool = False, name: str = "vpr_localize_client", **kwargs: Any) -> None:
@@ -65,10 +76,12 @@ class LocalizeClient(Node):
         msg_type = CompressedImage if compressed else Image
         self.image_pub = self.create_publisher(msg_type, image_topic, qos_profile_sensor_data)
         self.create_subscription(PointCloud2, f"{node_namespace}/matches", self._on_matches, 50)
+        self.create_subscription(PointCloud2, f"{node_namespace}/loop_closure", self._on_loop_closure, 50)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self._lock = threading.Condition()
         self._sent: dict[float, float] = {}
         self.answers: dict[float, Answer] = {}
+        self.loop_closures: list[LoopClosureAnswer] = []
         self.diagnostics: list[DiagnosticStatus] = []
         self._node_namespace = node_namespace
 
@@ -81,6 +94,14 @@ class LocalizeClient(Node):
             self.answers[stamp] = Answer(stamp, rows["ref_id"].astype(np.int64), rows["score"].astype(np.float32),
                                          np.stack([rows["x"], rows["y"], rows["z"]], axis=1),
                                          (now - sent) * 1e3 if sent is not None else float("nan"))
+            self._lock.notify_all()
+
+    def _on_loop_closure(self, msg: PointCloud2) -> None:
+        row = loop_closure_from_msg(msg)[0]
+        with self._lock:
+            self.loop_closures.append(LoopClosureAnswer(
+                round(stamp_from_msg(msg.header.stamp), 6), int(row["ref_id"]), float(row["ref_stamp"]),
+                np.array([row["x"], row["y"], row["z"]]), float(row["score"])))
             self._lock.notify_all()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:

@@ -1,0 +1,136 @@
+"""Sequence localization on Nordland part 1 (summer map, winter queries): single frame vs sequences.
+
+For the weights-free thumbnail encoder and the default CNN encoder (EfficientNet-Lite0 + VLAD fitted on the
+map, images enlarged by the map builder's automatic ``max_upscale``), measures recall@1 (+-1 and +-0
+frames), recall@5, precision-recall (AUC, recall at 100% precision) and the sequence stage's latency for:
+single frames, SeqSLAM over 5 / 10 / 20 frames (top-k and full search), seq2im MIN / MODE and seq2seq
+MAX / AVG / CAT over 5 / 10 / 20 frames, and im2seq (map cut into 10-frame sequences).
+
+Queries run in order through ``Localizer.localize_features`` exactly as the node would run them (online:
+the first frames have short sequences); images are encoded once per encoder.
+
+    python -m bench sequence            # writes bench/results/sequence_nordland.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vpr_ros.core.encoder import EncoderConfig, make_encoder
+from vpr_ros.core.localizer import Hypothesis, Localizer, LocalizerConfig, QueryFeatures
+from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.core.sequence import SequenceConfig, im2seq
+from vpr_ros.eval.ground_truth import positives_by_index
+from vpr_ros.eval.metrics import precision_recall
+from vpr_ros.eval.report import machine_description, write_json
+from vpr_ros.io.images import folder_source
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "nordland_part1"
+RESULT = REPO / "bench" / "results" / "sequence_nordland.json"
+ENCODERS = {
+    "thumbnail 64x32 patch 8": EncoderConfig(model="thumbnail:64x32,patch=8"),
+    "default CNN (EfficientNet-Lite0 b10 + VLAD)": EncoderConfig(model="models/efficientnet_lite0_b10.onnx"),
+}
+LENGTHS = (5, 10, 20)
+IM2SEQ_SEGMENT = 10
+
+
+def configs() -> list[tuple[str, SequenceConfig]]:
+    runs = [("single frame", SequenceConfig())]
+    runs += [(f"seqslam {n}", SequenceConfig(method="seqslam", length=n)) for n in LENGTHS]
+    runs += [(f"seqslam {n} full search", SequenceConfig(method="seqslam", length=n, search="full")) for n in (10,)]
+    for method in ("seq2im_min", "seq2im_mode", "seq2seq_max", "seq2seq_avg", "seq2seq_cat"):
+        runs += [(f"{method} {n}", SequenceConfig(method=method, length=n)) for n in LENGTHS]
+    return runs
+
+
+def correct_top1(rows: np.ndarray, tolerance: int) -> np.ndarray:
+    """Top-1 map row within +-tolerance of the query index (Nordland: same index = same place)."""
+    return np.abs(rows - np.arange(len(rows))) <= tolerance
+
+
+def summarise(hyps: list[Hypothesis], positives: list[np.ndarray]) -> dict[str, Any]:
+    top1 = np.array([h.best_index if len(h.indices) else -1 for h in hyps])
+    top5_ok = np.array([np.isin(h.indices[:5], p).any() for h, p in zip(hyps, positives, strict=True)])
+    has = np.ones(len(hyps), dtype=bool)
+    out: dict[str, Any] = {"recall@1": float(correct_top1(top1, 1).mean()),
+                           "recall@1_exact": float(correct_top1(top1, 0).mean()), "recall@5": float(top5_ok.mean())}
+    for kind in ("score", "confidence"):
+        scores = np.array([(h.scores[0] if kind == "score" else h.confidence) if len(h.indices) else np.nan
+                           for h in hyps])
+        out[f"pr_{kind}"] = precision_recall(scores, correct_top1(top1, 1), has).summary()
+    stage = [h.timings_ms.get("sequence", np.nan) for h in hyps]
+    out["sequence_stage_ms"] = {"p50": float(np.nanmedian(stage)), "p95": float(np.nanpercentile(stage, 95))} \
+        if not np.isnan(stage).all() else None
+    return out
+
+
+def im2seq_recall(hyps: list[Hypothesis], positives: list[np.ndarray]) -> float:
+    """im2seq recall@1: the best map sequence (10-frame segment) of each single query holds a correct frame."""
+    hits = []
+    for h, p in zip(hyps, positives, strict=True):
+        segments, _, _ = im2seq(h.indices, h.scores, IM2SEQ_SEGMENT)
+        hits.append(bool(len(segments)) and bool(np.isin(segments[0], p // IM2SEQ_SEGMENT)))
+    return float(np.mean(hits))
+
+
+def run_encoder(name: str, encoder_config: EncoderConfig, workdir: Path) -> dict[str, Any]:
+    encoder = make_encoder(encoder_config)
+    reference = folder_source(DATA / "summer")
+    queries = folder_source(DATA / "winter")
+    t0 = time.perf_counter()
+    refmap = build_map(reference, workdir / "map", BuildMapConfig(encoder=encoder_config), progress=True,
+                       encoder=encoder)
+    build_s = time.perf_counter() - t0
+    base = Localizer(refmap, encoder, LocalizerConfig(encoder=encoder_config))
+    images = [queries.load_image(i) for i in range(len(queries))]
+    feats: list[QueryFeatures] = []
+    for start in tqdm(range(0, len(images), 64), desc=f"encode winter ({name})", unit="batch"):
+        feats += base.encode_many(images[start:start + 64])
+    positives = positives_by_index(len(queries), refmap.frames.ids, 1).positives
+    rows: dict[str, Any] = {}
+    for label, seq in tqdm(configs(), desc=f"sequence methods ({name})", unit="run"):
+        loc = Localizer(refmap, encoder, dataclasses.replace(base.config, sequence=seq))
+        stamps = queries.frames.stamps
+        hyps = [loc.localize_features(f, float(stamps[i])) for i, f in enumerate(feats)]
+        rows[label] = summarise(hyps, positives)
+        if label == "single frame":
+            rows[f"im2seq {IM2SEQ_SEGMENT}"] = {"recall@1": im2seq_recall(hyps, positives)}
+    return {"map_input_size": list(refmap.input_size), "descriptor_dim": refmap.dim, "map_build_s": build_s,
+            "results": rows}
+
+
+def main() -> None:
+    report: dict[str, Any] = {
+        "benchmark": "sequence localization, Nordland part 1: summer map (1800 frames), winter queries",
+        "ground_truth": "same index +-1 frame (recall@1_exact: +-0)",
+        "protocol": "online: queries in order, the first length-1 queries have shorter sequences; precision-"
+                    "recall accepts the top-1 answer when its score (or confidence) >= threshold",
+        "machine": machine_description(), "encoders": {}}
+    with tempfile.TemporaryDirectory(prefix="vpr_bench_sequence_") as tmp:
+        for i, (name, cfg) in enumerate(ENCODERS.items()):
+            (Path(tmp) / str(i)).mkdir()
+            report["encoders"][name] = run_encoder(name, cfg, Path(tmp) / str(i))
+    write_json(report, RESULT)
+    for name, enc in report["encoders"].items():
+        print(f"\n{name} (map input {enc['map_input_size'][1]}x{enc['map_input_size'][0]})")
+        print(f"{'method':28s} {'R@1':>6s} {'R@1+-0':>7s} {'R@5':>6s} {'AUC':>6s} {'R@100P':>7s} {'stage p50 ms':>12s}")
+        for label, row in enc["results"].items():
+            pr = row.get("pr_score", {})
+            stage = row.get("sequence_stage_ms") or {}
+            print(f"{label:28s} {row['recall@1']:6.3f} {row.get('recall@1_exact', float('nan')):7.3f} "
+                  f"{row.get('recall@5', float('nan')):6.3f} {pr.get('auc', float('nan')):6.3f} "
+                  f"{pr.get('recall_at_100_precision', float('nan')):7.3f} {stage.get('p50', float('nan')):12.2f}")
+    print(f"\nwrote {RESULT}")
+
+
+if __name__ == "__main__":
+    main()
