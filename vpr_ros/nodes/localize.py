@@ -37,7 +37,7 @@ from std_srvs.srv import Trigger
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, unflatten
 from vpr_ros.core.localizer import Localizer
-from vpr_ros.nodes.image_decoding import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
 from vpr_ros.nodes.localize_config import LocalizeNodeConfig
 from vpr_ros.nodes.messages import hypothesis_to_matches, hypothesis_to_pose, hypothesis_to_pose_array, stamp_from_msg
 from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats

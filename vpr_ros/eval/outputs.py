@@ -1,0 +1,111 @@
+"""One evaluation's outputs, shared by the folder, bag and live-replay evaluators: report.json and the PNG plots.
+
+``report.json`` holds recall@N, latency percentiles (total and per stage), counts and per-query rows
+(:func:`vpr_ros.eval.report.build_report`), plus:
+
+* ``precision_recall_top1``: average precision and recall at 100% precision of accepting the top-1 match by its
+  confidence;
+* ``pose_accuracy`` (when queries and references both have orientations): the share of queries whose top-1
+  reference pose is within 0.25 m / 2 deg, 0.5 m / 5 deg and 5 m / 10 deg (the RobotCar Seasons bins);
+* whatever the evaluator adds in ``info`` (e.g. the live replay's drops and memory).
+
+Plots: ``recall.png`` (recall@N and example matches), ``latency.png`` (histogram), ``precision_recall.png``
+and, when query positions are known, ``trajectory.png`` (queries coloured by top-1 correctness).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpr_ros.core.refmap import FrameTable
+from vpr_ros.eval.ground_truth import GroundTruth
+from vpr_ros.eval.metrics import (
+    DEFAULT_NS,
+    ROBOTCAR_SEASONS_THRESHOLDS,
+    correct_at,
+    pose_accuracy,
+    top1_precision_recall,
+)
+from vpr_ros.eval.plots import (
+    plot_evaluation,
+    plot_latency,
+    plot_top1_precision_recall,
+    plot_trajectory,
+)
+from vpr_ros.eval.report import QueryResult, build_report, write_json
+
+log = logging.getLogger(__name__)
+
+
+def top1_rows(results: Sequence[QueryResult]) -> np.ndarray:
+    """Map row of each query's best match (-1 where it has none). Shape: (Q,) int64."""
+    return np.array([int(r.ranked[0]) if len(r.ranked) else -1 for r in results], dtype=np.int64)
+
+
+def evaluation_extras(results: Sequence[QueryResult], gt: GroundTruth, ref_frames: FrameTable,
+                      query_frames: FrameTable | None,
+                      pose_thresholds: Sequence[tuple[float, float]] = ROBOTCAR_SEASONS_THRESHOLDS
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Report sections beyond recall@N, and the precision-recall curve (for plotting)."""
+    confidence = np.array([r.confidence for r in results], dtype=np.float64)
+    correct = correct_at([r.ranked for r in results], gt.positives, 1)
+    curve = top1_precision_recall(confidence, correct, gt.has_positive)
+    extras: dict[str, Any] = {"precision_recall_top1": {
+        "average_precision": curve["average_precision"], "recall_at_100_precision": curve["recall_at_100_precision"],
+        "score": "confidence (ratio test)", "points": len(curve["thresholds"])}}
+    if query_frames is not None:
+        top1 = top1_rows(results)
+        answered = top1 >= 0
+        ref_ori_known = ~np.isnan(ref_frames.orientations).any(1)
+        q_ori_known = ~np.isnan(query_frames.orientations).any(1)
+        if q_ori_known.any() and ref_ori_known.any():
+            est_pos = np.full((len(results), 3), np.nan)
+            est_ori = np.full((len(results), 4), np.nan)
+            est_pos[answered] = ref_frames.positions[top1[answered]]
+            est_ori[answered] = ref_frames.orientations[top1[answered]]
+            extras["pose_accuracy"] = pose_accuracy(query_frames.positions, query_frames.orientations, est_pos,
+                                                    est_ori, pose_thresholds)
+    return extras, curve
+
+
+def write_evaluation(results: Sequence[QueryResult], gt: GroundTruth, out: str | Path, ref_frames: FrameTable,
+                     query_frames: FrameTable | None = None, ns: Sequence[int] = DEFAULT_NS,
+                     info: dict[str, Any] | None = None, plots: bool = True,
+                     load_query: Callable[[int], np.ndarray] | None = None,
+                     load_ref: Callable[[int], np.ndarray | None] | None = None, title: str = "",
+                     latency_title: str = "pipeline latency per query",
+                     pose_thresholds: Sequence[tuple[float, float]] = ROBOTCAR_SEASONS_THRESHOLDS) -> dict[str, Any]:
+    """Build the report, write ``<out>/report.json`` and the plots; return the report.
+
+    Args:
+        results: one per query, ``ranked`` holding map rows.
+        gt: positives per query (same order).
+        ref_frames: the map's frame table; query_frames: the queries' (for poses), same order as ``results``.
+    """
+    out = Path(out)
+    report = build_report(results, gt, ns, info)
+    extras, curve = evaluation_extras(results, gt, ref_frames, query_frames, pose_thresholds)
+    per_query = report.pop("per_query")
+    report.update(extras)
+    written = []
+    if plots:
+        written.append(plot_evaluation(results, gt, out / "recall.png", load_query=load_query, load_ref=load_ref,
+                                       title=title))
+        written.append(plot_latency(results, out / "latency.png", title=latency_title))
+        written.append(plot_top1_precision_recall(curve, out / "precision_recall.png"))
+        if query_frames is not None:
+            traj = plot_trajectory(ref_frames.positions, query_frames.positions, results, gt, out / "trajectory.png",
+                                   title=title or "trajectory")
+            if traj is None:
+                log.info("no query positions: trajectory plot skipped")
+            else:
+                written.append(traj)
+    report["plots"] = [p.name for p in written]
+    report["per_query"] = per_query  # last, so the summary reads first in the file
+    write_json(report, out / "report.json")
+    return report

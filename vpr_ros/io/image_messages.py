@@ -1,0 +1,87 @@
+"""sensor_msgs Image / CompressedImage -> RGB uint8 numpy, without cv_bridge (live topics and bags alike).
+
+The functions take the message duck-typed (only its fields are read), so they run without rclpy too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+# ROS encoding -> (channels, numpy dtype, OpenCV conversion to RGB or None)
+_ENCODINGS: dict[str, tuple[int, Any, int | None]] = {
+    "rgb8": (3, np.uint8, None),
+    "bgr8": (3, np.uint8, cv2.COLOR_BGR2RGB),
+    "rgba8": (4, np.uint8, cv2.COLOR_RGBA2RGB),
+    "bgra8": (4, np.uint8, cv2.COLOR_BGRA2RGB),
+    "mono8": (1, np.uint8, cv2.COLOR_GRAY2RGB),
+    "8UC1": (1, np.uint8, cv2.COLOR_GRAY2RGB),
+    "8UC3": (3, np.uint8, cv2.COLOR_BGR2RGB),
+    "mono16": (1, np.uint16, cv2.COLOR_GRAY2RGB),
+    "16UC1": (1, np.uint16, cv2.COLOR_GRAY2RGB),
+    "rgb16": (3, np.uint16, None),
+    "bgr16": (3, np.uint16, cv2.COLOR_BGR2RGB),
+    # ROS names the 2x2 pattern from the top-left pixel; OpenCV names it from the second row, hence the swap.
+    "bayer_rggb8": (1, np.uint8, cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr8": (1, np.uint8, cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg8": (1, np.uint8, cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg8": (1, np.uint8, cv2.COLOR_BayerGB2RGB),
+    "bayer_rggb16": (1, np.uint16, cv2.COLOR_BayerBG2RGB),
+    "bayer_bggr16": (1, np.uint16, cv2.COLOR_BayerRG2RGB),
+    "bayer_gbrg16": (1, np.uint16, cv2.COLOR_BayerGR2RGB),
+    "bayer_grbg16": (1, np.uint16, cv2.COLOR_BayerGB2RGB),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+class ImageDecodeError(ValueError):
+    """An image message cannot be turned into an RGB image. ``kind`` groups errors for diagnostics."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def image_msg_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB. 16-bit images keep their 8 most significant bits."""
+    encoding = str(msg.encoding)
+    spec = _ENCODINGS.get(encoding)
+    if spec is None:
+        raise ImageDecodeError("encoding", f"unsupported image encoding {encoding!r}; supported: "
+                                           f"{', '.join(SUPPORTED_ENCODINGS)}")
+    channels, dtype, conversion = spec
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageDecodeError("empty", f"zero-size image ({width}x{height}, encoding {encoding})")
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview, np.ndarray))
+                         else msg.data, dtype=np.uint8)
+    if step < row_bytes or data.size < step * (height - 1) + row_bytes:
+        raise ImageDecodeError("size", f"{encoding} image {width}x{height} needs step >= {row_bytes} and "
+                                       f"{step * (height - 1) + row_bytes} bytes; got step {step}, {data.size} bytes")
+    rows = np.lib.stride_tricks.as_strided(data, shape=(height, row_bytes), strides=(step, 1))
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+    if itemsize == 2:
+        pixels = (pixels.astype(np.uint16) >> 8).astype(np.uint8)
+    else:
+        pixels = pixels.astype(np.uint8, copy=False)
+    if conversion is not None:
+        pixels = cv2.cvtColor(pixels, conversion)
+    return np.ascontiguousarray(pixels)
+
+
+def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB."""
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    fmt = str(getattr(msg, "format", "")) or "unknown"
+    if data.size == 0:
+        raise ImageDecodeError("empty", f"empty CompressedImage (format {fmt!r})")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise ImageDecodeError("decode", f"CompressedImage with format {fmt!r} ({data.size} bytes) could not be "
+                                         "decoded (corrupt or unsupported data)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
