@@ -112,6 +112,12 @@ def _drop_unstamped(table: PoseTable) -> PoseTable:
                      table.orientations[ok], table.stamps[ok])
 
 
+def stamp_seconds(stamp: Any) -> float:
+    """A message stamp in seconds, computed exactly as image stamps are (integer ns x 1e-9), so a pose recorded
+    at an image's stamp is matched to it exactly."""
+    return float(int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)) * 1e-9
+
+
 def read_pose_topic(bag: Bag, topic: str, gnss_origin: GeodeticOrigin | None = None,
                     progress: bool = True) -> tuple[PoseTable, GeodeticOrigin | None, str | None]:
     """Every pose on ``topic`` as a stamped table (GNSS converted to ENU metres), its origin and frame id."""
@@ -131,7 +137,7 @@ def read_pose_topic(bag: Bag, topic: str, gnss_origin: GeodeticOrigin | None = N
             positions.append((pose.position.x, pose.position.y, pose.position.z))
             orientations.append((pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w))
         frame_ids.add(str(msg.header.frame_id))
-        stamps.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+        stamps.append(stamp_seconds(msg.header.stamp))
     if not stamps:
         raise BagError(f"{bag.path}: pose topic {topic!r} ({msgtype}) holds no usable poses")
     origin = None
@@ -171,7 +177,7 @@ def _read_tf_edges(bag: Bag, progress: bool) -> dict[tuple[str, str], _Edge]:
                 key = (tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/"))
                 edge = edges.setdefault(key, _Edge(topic == "/tf_static", [], [], []))
                 t, r = tr.transform.translation, tr.transform.rotation
-                edge.stamps.append(tr.header.stamp.sec + tr.header.stamp.nanosec * 1e-9)
+                edge.stamps.append(stamp_seconds(tr.header.stamp))
                 edge.translations.append((t.x, t.y, t.z))
                 edge.rotations.append((r.x, r.y, r.z, r.w))
     return edges

@@ -31,8 +31,10 @@ POSE_KINDS = {"pose": "geometry_msgs/msg/PoseStamped",
 _TF_MESSAGE_ROS1 = "geometry_msgs/TransformStamped[] transforms"
 
 
-def _ns(stamp: float) -> int:
-    return round(float(stamp) * 1e9)
+def _ns(stamp: float, stamp_ns: int | None = None) -> int:
+    """Seconds -> integer nanoseconds, unless the exact nanoseconds are given (float seconds since 1970 only
+    resolve ~0.2 µs)."""
+    return int(stamp_ns) if stamp_ns is not None else round(float(stamp) * 1e9)
 
 
 class BagWriter:
@@ -134,9 +136,9 @@ class BagWriter:
         self._writer.write(conn, int(log_time_ns), data)
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
-    def header(self, stamp: float, frame_id: str) -> Any:
+    def header(self, stamp: float, frame_id: str, stamp_ns: int | None = None) -> Any:
         t = self.typestore.types
-        ns = _ns(stamp)
+        ns = _ns(stamp, stamp_ns)
         time = t["builtin_interfaces/msg/Time"](sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
         if self.ros1:
             return t["std_msgs/msg/Header"](seq=0, stamp=time, frame_id=frame_id)
@@ -152,32 +154,33 @@ class BagWriter:
 
     # ---- images ----------------------------------------------------------------------------------
     def write_image(self, topic: str, stamp: float, pixels: np.ndarray, encoding: str = "rgb8",
-                    frame_id: str = "camera", log_time: float | None = None) -> None:
+                    frame_id: str = "camera", log_time: float | None = None, stamp_ns: int | None = None) -> None:
         """sensor_msgs/Image from an (H, W) or (H, W, C) uint8/uint16 array already in ``encoding``'s layout."""
         pixels = np.ascontiguousarray(pixels)
         h, w = pixels.shape[:2]
         msg = self.typestore.types["sensor_msgs/msg/Image"](
-            header=self.header(stamp, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
+            header=self.header(stamp, frame_id, stamp_ns), height=h, width=w, encoding=encoding, is_bigendian=0,
             step=int(pixels.strides[0]), data=pixels.reshape(-1).view(np.uint8))
-        self.write_message(topic, "sensor_msgs/msg/Image", msg, _ns(stamp if log_time is None else log_time))
+        self.write_message(topic, "sensor_msgs/msg/Image", msg,
+                           _ns(stamp, stamp_ns) if log_time is None else _ns(log_time))
 
     def write_compressed(self, topic: str, stamp: float, data: bytes, fmt: str = "jpeg", frame_id: str = "camera",
-                         log_time: float | None = None) -> None:
+                         log_time: float | None = None, stamp_ns: int | None = None) -> None:
         """sensor_msgs/CompressedImage holding encoded bytes (JPEG, PNG) unchanged."""
         msg = self.typestore.types["sensor_msgs/msg/CompressedImage"](
-            header=self.header(stamp, frame_id), format=fmt, data=np.frombuffer(data, dtype=np.uint8))
+            header=self.header(stamp, frame_id, stamp_ns), format=fmt, data=np.frombuffer(data, dtype=np.uint8))
         self.write_message(topic, "sensor_msgs/msg/CompressedImage", msg,
-                           _ns(stamp if log_time is None else log_time))
+                           _ns(stamp, stamp_ns) if log_time is None else _ns(log_time))
 
     # ---- poses -----------------------------------------------------------------------------------
     def write_pose(self, topic: str, stamp: float, position: Any, orientation: Any, kind: str = "pose",
-                   frame_id: str = "map", child_frame_id: str = "base_link") -> None:
+                   frame_id: str = "map", child_frame_id: str = "base_link", stamp_ns: int | None = None) -> None:
         """One pose as PoseStamped (``pose``), PoseWithCovarianceStamped (``pose_cov``) or Odometry."""
         t = self.typestore.types
         if kind not in POSE_KINDS:
             raise ValueError(f"pose kind {kind!r} is not one of {list(POSE_KINDS)}")
         pose = self._pose(position, orientation)
-        header = self.header(stamp, frame_id)
+        header = self.header(stamp, frame_id, stamp_ns)
         cov = t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36))
         if kind == "pose":
             msg = t["geometry_msgs/msg/PoseStamped"](header=header, pose=pose)
@@ -188,7 +191,7 @@ class BagWriter:
             twist = t["geometry_msgs/msg/TwistWithCovariance"](
                 twist=t["geometry_msgs/msg/Twist"](linear=vec, angular=vec), covariance=np.zeros(36))
             msg = t["nav_msgs/msg/Odometry"](header=header, child_frame_id=child_frame_id, pose=cov, twist=twist)
-        self.write_message(topic, POSE_KINDS[kind], msg, _ns(stamp))
+        self.write_message(topic, POSE_KINDS[kind], msg, _ns(stamp, stamp_ns))
 
     def write_navsatfix(self, topic: str, stamp: float, latitude: float, longitude: float, altitude: float,
                         status: int = 0, frame_id: str = "gps") -> None:
