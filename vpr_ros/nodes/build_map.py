@@ -32,7 +32,7 @@ examples:
   build_map --images run1/rgb --poses run1/groundtruth.txt --output maps/run1 --set vlad.num_clusters=64
 
   # a bag (ROS 2 sqlite3 / MCAP, or ROS 1): compressed camera topic, odometry poses, a frame every 2 m
-  build_map --bag run1 --image-topic /camera/image_raw/compressed --pose-topic /odom --min-distance 2 \
+  build_map --bag run1 --image-topic /camera/image_raw/compressed --pose-topic /odom --min-distance 2 \\
       --output maps/run1
 
   # poses from the tf tree (map -> base_link), at most 5 frames per second, only the first 10 minutes

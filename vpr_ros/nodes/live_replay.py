@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ def stamp_key(stamp_ns: int) -> float:
     return round(float(stamp_ns // 1_000_000_000) + float(stamp_ns % 1_000_000_000) * 1e-9, 6)
 
 
-def prefetch(frames: Iterator[tuple[int, int, bytes]], depth: int = 16) -> Iterator[tuple[int, int, bytes]]:
+SerializedFrame = tuple[int, int, bytes]  # frame number, header stamp ns, CDR bytes
+
+
+def prefetch(frames: Iterator[SerializedFrame], depth: int = 16) -> Generator[SerializedFrame, None, None]:
     """Read ``frames`` in a background thread, at most ``depth`` ahead of the consumer."""
     buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
     failure: list[BaseException] = []
@@ -56,7 +59,16 @@ def prefetch(frames: Iterator[tuple[int, int, bytes]], depth: int = 16) -> Itera
         except BaseException as exc:  # re-raised in the consumer
             failure.append(exc)
         finally:
-            buffer.put(_END)
+            close = getattr(frames, "close", None)
+            if close is not None:
+                close()  # releases the bag when the consumer stopped early
+            while True:
+                try:
+                    buffer.put(_END, timeout=0.2)
+                    break
+                except queue.Full:
+                    if stop.is_set():  # the consumer is gone; nobody waits for the end marker
+                        break
 
     thread = threading.Thread(target=reader, name="bag_prefetch", daemon=True)
     thread.start()
@@ -159,18 +171,21 @@ def replay_live(map_path: Path, queries: BagFrameSource, params_file: Path | Non
             if status.get("message", "").startswith("no map"):
                 raise RuntimeError(f"the localize node could not load the map: {status['message']}")
             frames = prefetch(iter_serialized_frames(loader.index, loader.ordinals))
-            first = next(frames, None)
-            if first is None:
-                raise ValueError("no frames to replay")
-            # Warm-up (lock-step, not counted): the first inference allocates ONNX Runtime's arenas.
-            warm_key = client.publish_serialized(first[2], stamp_key(first[1]))
-            if client.wait_for(warm_key, timeout=60.0) is None:
-                raise RuntimeError("the localize node did not answer the warm-up frame within 60 s")
-            # Counters are reported relative to the first /diagnostics that includes the warm-up frame.
-            _wait(lambda: int(client.latest_diagnostic().get("frames_processed", 0)) >= 1, 5.0)
-            before = client.latest_diagnostic()
-            client.forget()
-            run = _play(client, node, first, frames, rate, drain_timeout, before, memory_period)
+            try:
+                first = next(frames, None)
+                if first is None:
+                    raise ValueError("no frames to replay")
+                # Warm-up (lock-step, not counted): the first inference allocates ONNX Runtime's arenas.
+                warm_key = client.publish_serialized(first[2], stamp_key(first[1]))
+                if client.wait_for(warm_key, timeout=60.0) is None:
+                    raise RuntimeError("the localize node did not answer the warm-up frame within 60 s")
+                # Counters are reported relative to the first /diagnostics that includes the warm-up frame.
+                _wait(lambda: int(client.latest_diagnostic().get("frames_processed", 0)) >= 1, 5.0)
+                before = client.latest_diagnostic()
+                client.forget()
+                run = _play(client, node, first, frames, rate, drain_timeout, before, memory_period)
+            finally:
+                frames.close()  # stops the prefetch thread
             run.node_alive = node.alive()
             return run
     finally:
