@@ -102,6 +102,21 @@ def test_images_outside_the_pose_stream_are_skipped(tmp_path, corridor_images):
         np.testing.assert_array_equal(source.load_image(1), load_rgb(corridor_images[2]))
 
 
+def test_poses_recorded_per_image_hold_across_long_gaps(tmp_path, corridor_images):
+    """A pose file with one pose per image (10 s apart here) is exact at the images even though the samples are
+    farther apart than max_gap; between them nothing is interpolated."""
+    path = tmp_path / "b"
+    poses = tmp_path / "poses.csv"
+    poses.write_text("name,x,y,stamp\n" + "".join(f"f{i},{10 * i},0,{10.0 * i}\n" for i in range(4)))
+    with BagWriter(path, "mcap") as bag:
+        for i, p in enumerate(corridor_images[:4]):
+            bag.write_compressed("/img", 10.0 * i, p.read_bytes())
+        bag.write_compressed("/img", 15.0, corridor_images[4].read_bytes())  # between two distant samples
+    with bag_frame_source(path, "/img", PoseSpec(file=poses, max_gap=2.0), progress=False) as source:
+        np.testing.assert_allclose(source.frames.stamps, [0, 10, 20, 30])
+        np.testing.assert_allclose(source.frames.positions[:, 0], [0, 10, 20, 30])
+
+
 @pytest.mark.parametrize("storage", ["mcap", "ros1"])
 def test_tf_chain_composes_dynamic_and_static_transforms(tmp_path, storage):
     """map -> odom (static: 1 m along x, turned 90 deg), odom -> base_link (driving t m along its x),

@@ -52,6 +52,25 @@ def test_nordland_seasons_become_aligned_bags_with_frame_tolerance(tmp_path, rep
         assert list(refs) == [j for j in range(50) if abs(j - qi) <= 2]
 
 
+def test_nordland_bags_map_and_evaluate_with_either_ground_truth(tmp_path, repo, default_model):
+    """The commands dataset.yaml suggests: map from the pose file, frame tolerance via poses or via the .npy."""
+    cli(convert.main, "-q", "nordland", str(repo / "data" / "nordland_part1"), "--out", str(tmp_path),
+        "--frames", "3000:4000:10", "--tolerance", "10", "--storage", "mcap")
+    model = f"encoder.model={default_model}"
+    cli(build_map.main, "--bag", str(tmp_path / "summer"), "--image-topic", "/camera/image/compressed", "--poses",
+        str(tmp_path / "summer_poses.csv"), "--output", str(tmp_path / "map"), "-q", "--set", model)
+    reports = []
+    for name, gt in (("poses", ["--query-poses", str(tmp_path / "winter_poses.csv"), "--dist-threshold", "10"]),
+                     ("npy", ["--ground-truth", str(tmp_path / "ground_truth.npy")])):
+        cli(evaluate.main, "--map", str(tmp_path / "map"), "--bag", str(tmp_path / "winter"), "--image-topic",
+            "/camera/image/compressed", *gt, "--out", str(tmp_path / name), "-q", "--no-plots",
+            "--set", f"localizer.{model}")
+        reports.append(json.loads((tmp_path / name / "report.json").read_text()))
+    assert reports[0]["counts"]["queries"] == 100
+    assert [q["positives"] for q in reports[0]["per_query"]] == [q["positives"] for q in reports[1]["per_query"]]
+    assert reports[0]["recall@1"] == reports[1]["recall@1"]
+
+
 def test_nordland_partitions(tmp_path, repo):
     listing = tmp_path / "list.txt"
     listing.write_text("./nordland/summer/images-00100.png\n./nordland/summer/images-00130.png\nimages-00990.png\n")

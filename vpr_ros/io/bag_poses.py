@@ -103,7 +103,26 @@ def poses_at(bag: Bag, spec: PoseSpec, stamps: np.ndarray, progress: bool = True
         desc = f"pose topic {spec.topic}"
     positions, orientations, valid = interpolate_poses(table, stamps, max_gap=spec.max_gap,
                                                        max_extrapolation=spec.max_time_diff)
+    _take_coinciding_samples(table, stamps, spec.max_time_diff, positions, orientations, valid)
     return PoseResult(positions, orientations, valid, desc, origin, frame_id)
+
+
+def _take_coinciding_samples(table: PoseTable, stamps: np.ndarray, tolerance: float, positions: np.ndarray,
+                             orientations: np.ndarray, valid: np.ndarray) -> None:
+    """Images within ``tolerance`` of a pose sample get that sample even inside a gap longer than max_gap.
+
+    Poses recorded per image (dataset pose files, sparse keyframes) are exact at the images however far apart
+    they are; only the interpolation between distant samples is untrustworthy. Updates the arrays in place.
+    """
+    order = np.argsort(table.stamps, kind="stable")
+    ts = table.stamps[order]
+    hi = np.clip(np.searchsorted(ts, stamps), 0, len(ts) - 1)
+    lo = np.clip(hi - 1, 0, len(ts) - 1)
+    nearest = np.where(np.abs(ts[lo] - stamps) <= np.abs(ts[hi] - stamps), lo, hi)
+    take = ~valid & (np.abs(ts[nearest] - stamps) <= tolerance)
+    positions[take] = table.positions[order[nearest[take]]]
+    orientations[take] = table.orientations[order[nearest[take]]]
+    valid |= take
 
 
 def _drop_unstamped(table: PoseTable) -> PoseTable:

@@ -181,7 +181,8 @@ def evaluate_folder(args: argparse.Namespace, config: LocalizeNodeConfig, ns: tu
         title=f"{args.queries.name} vs {args.map.name}", info={
             "map": str(args.map), "queries": str(args.queries), "encoder": localizer.refmap.encoder,
             "providers": localizer.encoder.providers, "config": {"top_k": localizer.config.top_k},
-            "dist_threshold_m": args.dist_threshold if args.ground_truth is None else None,
+            "dist_threshold_m": args.dist_threshold if args.ground_truth is None and args.index_tolerance is None
+            else None, "index_tolerance": args.index_tolerance,
             "angle_threshold_deg": args.angle_threshold})
 
 
