@@ -29,6 +29,7 @@ setup(
             "build_map = vpr_ros.nodes.build_map:entry_point",
             "localize = vpr_ros.nodes.localize:main",
             "evaluate = vpr_ros.nodes.evaluate:entry_point",
+            "vpr_convert = vpr_ros.nodes.convert:entry_point",
         ],
     },
 )

@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import write_result
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
-RESULTS = REPO / "bench" / "results" / "patch_rerank.json"
 H, W = 480, 640
 
 
@@ -285,11 +286,8 @@ def corridor_recall(folder: Path) -> dict[str, Any]:
 def main() -> None:
     import torch
 
-    from vpr_ros.eval.report import machine_description
-
     torch.set_num_threads(os.cpu_count() or 1)
     report: dict[str, Any] = {
-        "machine": machine_description(),
         "note": "timings taken on a machine shared with other engineers' jobs (2 cores); compare ratios "
                 "measured in this one process on the same inputs; re-run `make bench` on a quiet machine",
         "gpu": "no GPU was lent to this task; GPU re-ranking time not measured (official published figure: "
@@ -324,9 +322,7 @@ def main() -> None:
                "dimension (leading projection rows)",
     }
     report["wall_s"] = time.perf_counter() - started
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_result("patch_rerank", report)
 
 
 if __name__ == "__main__":

@@ -23,18 +23,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bench.common import write_result
 from vpr_ros.core.encoder import EncoderConfig, make_encoder
 from vpr_ros.core.localizer import Hypothesis, Localizer, LocalizerConfig, QueryFeatures
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.sequence import SequenceConfig, im2seq
 from vpr_ros.eval.ground_truth import positives_by_index
 from vpr_ros.eval.metrics import precision_recall
-from vpr_ros.eval.report import machine_description, write_json
 from vpr_ros.io.images import folder_source
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "nordland_part1"
-RESULT = REPO / "bench" / "results" / "sequence_nordland.json"
 ENCODERS = {
     "thumbnail 64x32 patch 8": EncoderConfig(model="thumbnail:64x32,patch=8"),
     "default CNN (EfficientNet-Lite0 b10 + VLAD)": EncoderConfig(model="models/efficientnet_lite0_b10.onnx"),
@@ -110,16 +109,16 @@ def run_encoder(name: str, encoder_config: EncoderConfig, workdir: Path) -> dict
 
 def main() -> None:
     report: dict[str, Any] = {
-        "benchmark": "sequence localization, Nordland part 1: summer map (1800 frames), winter queries",
+        "description": "sequence localization, Nordland part 1: summer map (1800 frames), winter queries",
         "ground_truth": "same index +-1 frame (recall@1_exact: +-0)",
         "protocol": "online: queries in order, the first length-1 queries have shorter sequences; precision-"
                     "recall accepts the top-1 answer when its score (or confidence) >= threshold",
-        "machine": machine_description(), "encoders": {}}
+        "encoders": {}}
     with tempfile.TemporaryDirectory(prefix="vpr_bench_sequence_") as tmp:
         for i, (name, cfg) in enumerate(ENCODERS.items()):
             (Path(tmp) / str(i)).mkdir()
             report["encoders"][name] = run_encoder(name, cfg, Path(tmp) / str(i))
-    write_json(report, RESULT)
+    write_result("sequence_nordland", report)
     for name, enc in report["encoders"].items():
         print(f"\n{name} (map input {enc['map_input_size'][1]}x{enc['map_input_size'][0]})")
         print(f"{'method':28s} {'R@1':>6s} {'R@1+-0':>7s} {'R@5':>6s} {'AUC':>6s} {'R@100P':>7s} {'stage p50 ms':>12s}")
@@ -129,7 +128,6 @@ def main() -> None:
             print(f"{label:28s} {row['recall@1']:6.3f} {row.get('recall@1_exact', float('nan')):7.3f} "
                   f"{row.get('recall@5', float('nan')):6.3f} {pr.get('auc', float('nan')):6.3f} "
                   f"{pr.get('recall_at_100_precision', float('nan')):7.3f} {stage.get('p50', float('nan')):12.2f}")
-    print(f"\nwrote {RESULT}")
 
 
 if __name__ == "__main__":

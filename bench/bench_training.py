@@ -11,7 +11,6 @@ grows linearly with the dataset.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,10 +19,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
-from vpr_ros.eval.report import machine_description
+from bench.common import RESULTS, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+
 SIZES = (200, 400, 800, 1600)
 SUBSET = 100
 CACHED_NEGATIVES = 100
@@ -68,12 +67,11 @@ def main() -> None:
                           "ms_per_image": round(1e3 * seconds / cache.size, 3)}
             print(f"{n:5d} places  {label:10s}  {cache.size:5d} images  {seconds:6.2f} s", flush=True)
         rows.append(row)
-    result = {"benchmark": "training_subcache", "description": __doc__.split("\n\n")[1].replace("\n", " "),
+    result = {"description": __doc__.split("\n\n")[1].replace("\n", " "),
               "subset_queries": SUBSET, "cached_negatives": CACHED_NEGATIVES, "image_size": list(IMAGE_SIZE),
               "model": "EfficientNet-Lite0 block 10 + NetVLAD K=16", "threads": torch.get_num_threads(),
-              "rows": rows, "machine": machine_description()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training_subcache.json").write_text(json.dumps(result, indent=2) + "\n")
+              "rows": rows}
+    write_result("training_subcache", result)
     plot(rows, RESULTS / "training_subcache.png")
 
 

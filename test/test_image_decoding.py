@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.core.image import load_rgb
-from vpr_ros.nodes.image_decoding import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
 
 
 def msg(array: np.ndarray, encoding: str, step_pad: int = 0, bigendian: bool = False) -> SimpleNamespace:

@@ -43,7 +43,7 @@ def test_colcon_build_installs_console_scripts(repo: Path, tmp_path: Path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     lib = tmp_path / "install" / "vpr_ros" / "lib" / "vpr_ros"
-    assert {p.name for p in lib.iterdir()} >= {"build_map", "localize", "evaluate"}
+    assert {p.name for p in lib.iterdir()} >= {"build_map", "localize", "evaluate", "vpr_convert"}
     share = tmp_path / "install" / "vpr_ros" / "share" / "vpr_ros"
     assert (share / "launch" / "localize.launch.py").exists() and (share / "config" / "localize.yaml").exists()
     # After sourcing setup.bash, `ros2 run vpr_ros build_map` runs this file with the venv's interpreter.

@@ -10,7 +10,8 @@ Two passes over the images:
 Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
 stopped; different inputs or settings start afresh. The map itself is written atomically at the end
-(see :meth:`ReferenceMap.save`).
+(see :meth:`ReferenceMap.save`). :func:`append_to_map` grows an existing map with new frames the same way,
+keeping its fitted head.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from vpr_ros.config import config_to_dict, section, setting
 from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.patch_store import SECTION as PATCH_SECTION
 from vpr_ros.core.patch_store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
-from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap
+from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap, read_manifest
+from vpr_ros.core.rerank import stored_spec
 from vpr_ros.core.vlad import (
     VladConfig,
     VladHead,
@@ -135,6 +137,59 @@ def fit_head(source: FrameSource, encoder: Encoder, size: tuple[int, int], cfg: 
     return head
 
 
+def _open_work_dir(work: Path, fingerprint: str, frames: int) -> None:
+    """Reuse ``work`` if it holds progress for the same fingerprint, else start it afresh."""
+    state_file = work / "state.yaml"
+    if work.exists():
+        state = yaml.safe_load(state_file.read_text()) if state_file.exists() else {}
+        if state.get("fingerprint") != fingerprint:
+            log.warning("discarding unfinished build in %s (inputs or settings changed)", work)
+            shutil.rmtree(work)
+        else:
+            log.info("resuming unfinished build from %s", work)
+    work.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(yaml.safe_dump({"fingerprint": fingerprint, "frames": frames}))
+
+
+def encode_in_chunks(source: FrameSource, encoder: Encoder, head: VladHead | None, size: tuple[int, int],
+                     work: Path, chunk_size: int, extractors: Sequence[FrameExtractor] = (),
+                     progress: bool = True) -> dict[str, np.ndarray]:
+    """Pass 2: global descriptors (and extractor outputs) of every frame, each finished chunk saved in ``work``.
+
+    Chunks already in ``work`` are loaded instead of encoded, which is what makes builds resumable.
+
+    Shape:
+        returns ``descriptors`` (N, P) float32 plus one (N, ...) array per extractor output.
+    """
+    n = len(source)
+    starts = list(range(0, n, chunk_size))
+    done = sum((work / f"chunk_{s // chunk_size:06d}.npz").exists() for s in starts)
+    bar = tqdm(total=n, initial=min(done * chunk_size, n), desc="encode frames", unit="img", disable=not progress)
+    bs = encoder.config.batch_size
+    for start in starts:
+        path = work / f"chunk_{start // chunk_size:06d}.npz"
+        if path.exists():
+            continue
+        outputs: dict[str, list[np.ndarray]] = {"descriptors": []}
+        for b0 in range(start, min(start + chunk_size, n), bs):
+            b1 = min(b0 + bs, start + chunk_size, n)
+            feats = encoder.features([source.load_image(i) for i in range(b0, b1)], *size)
+            outputs["descriptors"].append(global_descriptors(feats, head))
+            for extract in extractors:
+                for name, arr in extract(feats, head).items():
+                    outputs.setdefault(name, []).append(arr)
+            bar.update(b1 - b0)
+        _atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
+    bar.close()
+
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in starts:
+        with np.load(work / f"chunk_{start // chunk_size:06d}.npz") as npz:
+            for k in npz.files:
+                parts.setdefault(k, []).append(npz[k])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | None = None,
               extractors: Sequence[FrameExtractor] = (), sections: dict[str, Any] | None = None,
               overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
@@ -166,16 +221,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
 
     work = output.parent / f".{output.name}.partial"
     fingerprint = _fingerprint(config, encoder, source.frames, {"sections": sections or {}, "size": size})
-    state_file = work / "state.yaml"
-    if work.exists():
-        state = yaml.safe_load(state_file.read_text()) if state_file.exists() else {}
-        if state.get("fingerprint") != fingerprint:
-            log.warning("discarding unfinished build in %s (inputs or settings changed)", work)
-            shutil.rmtree(work)
-        else:
-            log.info("resuming unfinished build from %s", work)
-    work.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(yaml.safe_dump({"fingerprint": fingerprint, "frames": len(source)}))
+    _open_work_dir(work, fingerprint, len(source))
 
     head_file = work / "head.npz"
     head: VladHead | None
@@ -202,34 +248,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
             extractors.append(patch_extractor(spec, config.patches.strategy))
             sections[PATCH_SECTION] = spec.section()
 
-    n = len(source)
-    chunk = config.chunk_size
-    starts = list(range(0, n, chunk))
-    done = sum((work / f"chunk_{s // chunk:06d}.npz").exists() for s in starts)
-    bar = tqdm(total=n, initial=min(done * chunk, n), desc="encode frames", unit="img", disable=not progress)
-    bs = encoder.config.batch_size
-    for start in starts:
-        path = work / f"chunk_{start // chunk:06d}.npz"
-        if path.exists():
-            continue
-        outputs: dict[str, list[np.ndarray]] = {"descriptors": []}
-        for b0 in range(start, min(start + chunk, n), bs):
-            b1 = min(b0 + bs, start + chunk, n)
-            feats = encoder.features([source.load_image(i) for i in range(b0, b1)], *size)
-            outputs["descriptors"].append(global_descriptors(feats, head))
-            for extract in extractors:
-                for name, arr in extract(feats, head).items():
-                    outputs.setdefault(name, []).append(arr)
-            bar.update(b1 - b0)
-        _atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
-    bar.close()
-
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in starts:
-        with np.load(work / f"chunk_{start // chunk:06d}.npz") as npz:
-            for k in npz.files:
-                parts.setdefault(k, []).append(npz[k])
-    merged = {k: np.concatenate(v) for k, v in parts.items()}
+    merged = encode_in_chunks(source, encoder, head, size, work, config.chunk_size, extractors, progress)
     descriptors = merged.pop("descriptors")
     refmap = ReferenceMap(frames=source.frames, descriptors=descriptors, head=head, encoder=encoder.describe(),
                           input_size=size, index_config=config.index, frame_id=config.frame_id,
@@ -238,6 +257,70 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     refmap.save(output, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return refmap
+
+
+def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapConfig | None = None,
+                  extractors: Sequence[FrameExtractor] = (), progress: bool = True, encoder: Encoder | None = None,
+                  provenance: dict[str, Any] | None = None) -> tuple[ReferenceMap, int]:
+    """Add the frames of ``source`` to an existing map (incremental growth), atomically and resumably.
+
+    The map's own encoder, input size and fitted head are used (its vocabulary and PCA are not refitted, so
+    old and new descriptors stay comparable). Frames whose ``source`` is already in the map are skipped, which
+    makes appending the same recording twice a no-op. New frames get ids after the map's largest id. Progress
+    lives in ``.<name>.append.partial`` beside the map; the map is replaced only when all frames are encoded.
+
+    Args:
+        source: frames to add.
+        map_path: an existing map directory.
+        config: only ``chunk_size`` and ``encoder`` (device, threads, batch size) are used; the rest is the map's.
+        extractors: the same extra per-frame outputs the map was built with (their arrays grow too); a
+            Patch-NetVLAD patch store is grown from its manifest section without being given.
+
+    Returns:
+        the grown map and the number of frames added.
+    """
+    config = config or BuildMapConfig()
+    map_path = Path(map_path)
+    refmap = ReferenceMap.load(map_path)
+    encoder = encoder or make_encoder(config.encoder)
+    refmap.check_encoder(encoder.describe())
+    known = set(refmap.frames.sources)
+    fresh = np.array([s not in known for s in source.frames.sources], dtype=bool)
+    if not fresh.all():
+        log.info("%d of %d frames are already in %s and are skipped", int((~fresh).sum()), len(source), map_path)
+    if not fresh.any():
+        return refmap, 0
+    rows = np.flatnonzero(fresh)
+    start_id = int(refmap.frames.ids.max()) + 1 if len(refmap) else 0
+    f = source.frames
+    frames = FrameTable(ids=start_id + np.arange(len(rows)), names=[f.names[i] for i in rows],
+                        sources=[f.sources[i] for i in rows], stamps=f.stamps[rows], positions=f.positions[rows],
+                        orientations=f.orientations[rows])
+    subset = FrameSource(frames, lambda i: source.load_image(int(rows[i])))
+    size = (int(refmap.input_size[0]), int(refmap.input_size[1]))
+    extractors = list(extractors)
+    if not extractors and PATCH_SECTION in refmap.sections:
+        # A Patch-NetVLAD store describes itself in the manifest: grow it with the same configuration.
+        extractors.append(patch_extractor(stored_spec(refmap), config.patches.strategy))
+    if refmap.arrays and not extractors:
+        raise ValueError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the extractors "
+                         "that made them")
+
+    work = map_path.parent / f".{map_path.name}.append.partial"
+    base = read_manifest(map_path)["files"]["descriptors.npy"]["sha256"]
+    fingerprint = _fingerprint(config, encoder, frames, {"append_to": base, "size": size})
+    _open_work_dir(work, fingerprint, len(frames))
+    merged = encode_in_chunks(subset, encoder, refmap.head, size, work, config.chunk_size, extractors, progress)
+    descriptors = merged.pop("descriptors")
+    if set(merged) != set(refmap.arrays):
+        raise ValueError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
+                         f"{sorted(refmap.arrays)}")
+    refmap.append(frames, descriptors, merged)
+    refmap.provenance.setdefault("appended", []).append(
+        {"frames": len(frames), "first_id": start_id, **(provenance or {})})
+    refmap.save(map_path, overwrite=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return ReferenceMap.load(map_path), len(frames)
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:

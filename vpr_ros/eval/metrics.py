@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from vpr_ros.io.transforms import rotation_angle_deg
 
 DEFAULT_NS = (1, 5, 10)
 
@@ -114,3 +117,32 @@ def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
     p50, p90, p95, p99 = np.percentile(x, [50, 90, 95, 99])
     return {"count": int(x.size), "mean": float(x.mean()), "p50": float(p50), "p90": float(p90),
             "p95": float(p95), "p99": float(p99), "max": float(x.max())}
+
+
+#: RobotCar Seasons / Extended CMU Seasons pose error bins (metres, degrees), as used by Patch-NetVLAD.
+ROBOTCAR_SEASONS_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+
+
+def pose_accuracy(query_positions: np.ndarray, query_orientations: np.ndarray, est_positions: np.ndarray,
+                  est_orientations: np.ndarray,
+                  thresholds: Sequence[tuple[float, float]] = ROBOTCAR_SEASONS_THRESHOLDS) -> dict[str, Any]:
+    """Share of queries whose estimated pose (the top-1 reference's) is within each (metres, degrees) bin.
+
+    A place-recognition system localizes a query by inheriting the pose of its best-matching reference
+    (Patch-NetVLAD, Sec. 4.2); the error is the translation distance and the angle of the relative rotation.
+    Queries without a known pose are left out; an estimate with an unknown orientation misses every bin.
+
+    Shape:
+        positions (Q, 3), orientations (Q, 4) x y z w (NaN = unknown).
+    """
+    known = ~np.isnan(query_positions).any(1) & ~np.isnan(query_orientations).any(1)
+    t_err = np.linalg.norm(est_positions[known] - query_positions[known], axis=1)
+    r_err = rotation_angle_deg(est_orientations[known], query_orientations[known])
+    out: dict[str, Any] = {"queries": int(known.sum())}
+    for t_max, r_max in thresholds:
+        hit = (t_err <= t_max) & (r_err <= r_max)  # NaN errors compare False: a miss
+        out[f"{t_max:g}m_{r_max:g}deg"] = float(hit.mean()) if known.any() else float("nan")
+    out["median_translation_error_m"] = float(np.nanmedian(t_err)) if known.any() else float("nan")
+    out["median_rotation_error_deg"] = float(np.nanmedian(r_err)) if known.any() and \
+        not np.isnan(r_err).all() else float("nan")
+    return out

@@ -125,3 +125,43 @@ def plot_precision_recall(curves: dict[str, PrecisionRecall], path: str | Path,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_trajectory(ref_positions: np.ndarray, query_positions: np.ndarray, results: Sequence[QueryResult],
+                    gt: GroundTruth, path: str | Path, title: str = "trajectory") -> Path | None:
+    """Map trajectory (grey) with each query at its position, green where the top-1 match is correct, red where
+    it is wrong (a thin red line joins it to the reference it was matched to), grey without ground truth.
+
+    Returns None (and draws nothing) when no query position is known.
+    """
+    q = np.asarray(query_positions, dtype=np.float64)
+    if not (~np.isnan(q[:, :2]).any(1)).any():
+        return None
+    plt = _pyplot()
+    r = np.asarray(ref_positions, dtype=np.float64)
+    top1 = np.array([int(res.ranked[0]) if len(res.ranked) else -1 for res in results])
+    has = gt.has_positive
+    ok = np.array([t in set(p.tolist()) for t, p in zip(top1, gt.positives, strict=True)], dtype=bool)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.plot(r[:, 0], r[:, 1], color="0.6", lw=1, marker=".", ms=3, label=f"map ({len(r)} frames)", zorder=1)
+    wrong = np.flatnonzero(has & ~ok & (top1 >= 0))
+    if len(wrong):
+        seg_from, seg_to = q[wrong, :2], r[top1[wrong], :2]
+        for a, b in zip(seg_from, seg_to, strict=True):
+            ax.plot([a[0], b[0]], [a[1], b[1]], color="#cc3311", lw=0.5, alpha=0.5, zorder=2)
+    for mask, color, label in ((has & ok, "#228833", "correct top-1"), (has & ~ok, "#cc3311", "wrong top-1"),
+                               (~has, "0.8", "no ground truth")):
+        if mask.any():
+            ax.scatter(q[mask, 0], q[mask, 1], s=12, color=color, label=f"{label} ({int(mask.sum())})", zorder=3)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -218,7 +218,8 @@ def interpolate_poses(table: PoseTable, stamps: np.ndarray, max_gap: float = np.
     lo = hi - 1
     span = ts[hi] - ts[lo]
     t = np.clip((stamps - ts[lo]) / np.where(span > 0, span, 1), 0.0, 1.0)
-    positions = pos[lo] + t[:, None] * (pos[hi] - pos[lo])
+    # Weighted sum rather than lo + t * (hi - lo): a pose sampled exactly at a requested stamp comes back unchanged.
+    positions = (1.0 - t)[:, None] * pos[lo] + t[:, None] * pos[hi]
     has_ori = ~np.isnan(ori[lo]).any(1) & ~np.isnan(ori[hi]).any(1)
     orientations = np.full((len(stamps), 4), np.nan)
     if has_ori.any():

@@ -1,4 +1,4 @@
-"""``build_map``: build a reference map from an image folder and a pose file."""
+"""``build_map``: build (or grow) a reference map from an image folder with a pose file, or from a bag."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.core.map_builder import BuildMapConfig, FrameSource, append_to_map, build_map
+from vpr_ros.core.refmap import read_manifest
+from vpr_ros.io.geodesy import GeodeticOrigin
+from vpr_ros.nodes.bag_cli import add_bag_arguments, bag_source_from_args, check_bag_arguments
 from vpr_ros.nodes.cli import (
     HelpFormatter,
     add_config_arguments,
@@ -32,10 +35,26 @@ examples:
   build_map --images data/nordland_part1/summer --output maps/nordland_thumb \\
       --set encoder.model=thumbnail:64x32,patch=8
 
+  # a bag (ROS 2 sqlite3 / MCAP, or ROS 1): compressed camera topic, odometry poses, a frame every 2 m
+  build_map --bag run1 --image-topic /camera/image_raw/compressed --pose-topic /odom --min-distance 2 \\
+      --output maps/run1
+
+  # poses from the tf tree (map -> base_link), at most 5 frames per second, only the first 10 minutes
+  build_map --bag run1.mcap --image-topic /cam/image --tf map base_link --min-interval 0.2 --end 600 -o maps/run1
+
+  # GNSS fixes (sensor_msgs/NavSatFix) as poses, in metres east/north of the first fix
+  build_map --bag drive.bag --image-topic /stereo/centre --pose-topic /gps/fix --min-distance 1 -o maps/drive
+
+  # grow an existing map with a second recording (its vocabulary and PCA are kept; frames already in the
+  # map are skipped, so running it twice adds nothing)
+  build_map --bag run2 --image-topic /camera/image_raw/compressed --pose-topic /odom --output maps/run1 --append
+
   # through ROS 2: ros2 run vpr_ros build_map --images ... --output ...
 
-An interrupted build continues where it stopped when the same command is run again; the map directory
-appears only when the build is complete (it is written to a temporary directory and renamed).
+An interrupted build (or append) continues where it stopped when the same command is run again; the map
+directory appears, or changes, only when the work is complete (it is written to a temporary directory and
+renamed). A corrupt or truncated bag, a missing topic or a topic of the wrong type stops with a message
+naming it (exit code 2).
 """
 
 
@@ -46,13 +65,17 @@ def make_parser() -> argparse.ArgumentParser:
                     "vocabulary and PCA-whitening on the reference images, index the global descriptors with "
                     "FAISS and store frames, poses and descriptors in a versioned, checksummed map directory.")
     src = parser.add_argument_group("input")
-    src.add_argument("--images", type=Path, required=True, help="folder of reference images")
-    src.add_argument("--poses", type=Path, help="pose file (CSV or TUM); without it poses are unknown")
+    src.add_argument("--images", type=Path, help="folder of reference images (or use --bag)")
+    src.add_argument("--poses", type=Path, help="pose file (CSV or TUM); without it poses are unknown. With --bag "
+                     "the poses must be stamped (a 'stamp' column or TUM) and are interpolated to image stamps")
     src.add_argument("--pose-format", choices=("auto", "csv", "tum"), default="auto", help="pose file format")
     src.add_argument("--max-time-diff", type=float, default=0.1,
-                     help="TUM poses: skip images more than this many seconds outside the trajectory")
+                     help="stamped poses: skip images more than this many seconds outside the trajectory")
+    add_bag_arguments(parser, "reference frames")
     parser.add_argument("--output", "-o", type=Path, required=True, help="map directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing map")
+    parser.add_argument("--append", action="store_true",
+                        help="add the frames to the map at --output (built first if it does not exist yet)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     add_config_arguments(parser, BuildMapConfig, "config/build_map.yaml")
@@ -67,22 +90,57 @@ def main(argv: list[str] | None = None) -> int:
         print_settings(BuildMapConfig)
         return 0
     args = parser.parse_args(argv)
+    if (args.images is None) == (args.bag is None):
+        parser.error("give the reference frames as --images FOLDER or as --bag PATH --image-topic TOPIC")
+    check_bag_arguments(parser, args)
+    if args.append and args.overwrite:
+        parser.error("--append and --overwrite exclude each other")
     setup_logging(args.verbose, args.quiet)
     config = config_from_args(args, node_name="build_map")
-    from vpr_ros.io.images import folder_source
-
-    source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff)
-    log.info("%d frames from %s", len(source), args.images)
+    appending = args.append and args.output.exists()
+    source = load_source(args, existing_origin(args.output) if appending else None)
+    provenance = {"command": " ".join(["build_map", *argv]), "images": str(args.images) if args.images else None,
+                  "poses": str(args.poses) if args.poses else None, **getattr(source, "info", {})}
+    origin = getattr(source, "info", {}).get("geodetic_origin")
     t0 = time.perf_counter()
-    refmap = build_map(source, args.output, config, overwrite=args.overwrite, progress=not args.quiet,
-                       provenance={"command": " ".join(["build_map", *argv]), "images": str(args.images),
-                                   "poses": str(args.poses) if args.poses else None})
+    try:
+        if appending:
+            refmap, added = append_to_map(source, args.output, config, progress=not args.quiet,
+                                          provenance=provenance)
+            action = f"{added} frames appended" if added else "nothing appended (all frames already in the map)"
+        else:
+            refmap = build_map(source, args.output, config, overwrite=args.overwrite, progress=not args.quiet,
+                               sections={"geodetic_origin": origin} if origin else None, provenance=provenance)
+            action = "built"
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
     elapsed = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
     print(f"map {args.output}: {len(refmap)} frames, {refmap.dim}-d descriptors, encoder {refmap.encoder['id']}, "
           f"input {refmap.input_size[1]}x{refmap.input_size[0]}, {size / 1e6:.2f} MB "
-          f"({size / len(refmap) / 1e3:.1f} kB/frame), built in {elapsed:.1f} s")
+          f"({size / len(refmap) / 1e3:.1f} kB/frame), {action} in {elapsed:.1f} s")
     return 0
+
+
+def existing_origin(map_path: Path) -> GeodeticOrigin | None:
+    """The GNSS origin an existing map's poses are relative to (appended GNSS poses must use the same)."""
+    origin = (read_manifest(map_path).get("sections") or {}).get("geodetic_origin")
+    return GeodeticOrigin.from_dict(origin) if origin else None
+
+
+def load_source(args: argparse.Namespace, origin: GeodeticOrigin | None) -> FrameSource:
+    if args.bag is not None:
+        source = bag_source_from_args(args, args.poses, args.pose_format, args.max_time_diff, origin,
+                                      progress=not args.quiet)
+        log.info("%d frames from %s (%s)", len(source), args.bag, args.image_topic)
+        return source
+    from vpr_ros.io.images import folder_source
+
+    source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff)
+    log.info("%d frames from %s", len(source), args.images)
+    return source
 
 
 def entry_point() -> None:

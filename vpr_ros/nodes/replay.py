@@ -2,7 +2,9 @@
 
 Used by ``make demo``, the integration tests and replay evaluation. ``NodeProcess`` starts the node as its own
 executable (``localize --ros-args --params-file ...``); ``LocalizeClient`` publishes frames and pairs each
-with the node's ``~/matches`` answer by stamp, measuring end-to-end latency.
+with the node's ``~/matches`` answer by stamp, measuring end-to-end latency. Lock-step replay
+(``send_and_wait``) drops nothing; the rate-based bag player (:mod:`vpr_ros.nodes.live_replay`) publishes
+without waiting, so frames the node cannot keep up with are dropped and counted.
 """
 
 from __future__ import annotations
@@ -135,6 +137,20 @@ class LocalizeClient(Node):
             self._sent[stamp] = time.perf_counter()
         self.image_pub.publish(msg)
         return stamp
+
+    def publish_serialized(self, data: bytes, stamp: float) -> float:
+        """Publish an already serialised (CDR) image message whose header stamp is ``stamp`` (e.g. from a bag)."""
+        stamp = round(stamp, 6)
+        with self._lock:
+            self._sent[stamp] = time.perf_counter()
+        self.image_pub.publish(data)
+        return stamp
+
+    def forget(self) -> None:
+        """Drop what was sent and answered so far (e.g. after a warm-up frame)."""
+        with self._lock:
+            self._sent.clear()
+            self.answers.clear()
 
     def wait_for(self, stamp: float, timeout: float) -> Answer | None:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,4 @@
-"""sensor_msgs Image / CompressedImage -> RGB uint8 numpy, without cv_bridge.
+"""sensor_msgs Image / CompressedImage -> RGB uint8 numpy, without cv_bridge (live topics and bags alike).
 
 The functions take the message duck-typed (only its fields are read), so they run without rclpy too.
 """

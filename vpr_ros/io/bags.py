@@ -1,0 +1,477 @@
+"""Recordings as frame sources: ROS 2 bags (sqlite3, MCAP) and ROS 1 bags, read with ``rosbags`` (no ROS needed).
+
+A bag is given as a ROS 2 bag directory (with ``metadata.yaml``), its ``metadata.yaml``, a single ``.db3`` /
+``.mcap`` storage file, or a ROS 1 ``.bag`` file. Images come from a ``sensor_msgs/Image`` or
+``sensor_msgs/CompressedImage`` topic; each frame is stamped with its header stamp (the camera's time; the log
+time where the header stamp is zero). Poses come from a pose topic, a /tf chain or a pose file
+(:mod:`vpr_ros.io.bag_poses`) and are interpolated to the image stamps.
+
+Frames are read lazily: the loader walks forward through the bag and only seeks (by log time) when asked for an
+earlier frame, so map building streams a bag of any size in two passes (vocabulary sample, then all frames).
+
+Every failure names the bag and what is wrong: a corrupt or truncated file, a missing topic (listing the topics
+the bag has), a topic of the wrong message type (naming the accepted types), an undecodable image.
+
+Example:
+    >>> with bag_frame_source("run1", "/camera/image_raw/compressed",              # doctest: +SKIP
+    ...                       PoseSpec(topic="/odom"), FrameSelection(min_distance=2.0)) as source:
+    ...     build_map(source, "maps/run1")
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from vpr_ros.core.map_builder import FrameSource
+from vpr_ros.core.refmap import FrameTable
+from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
+BAG_KINDS = {".bag": "ROS 1", ".db3": "ROS 2 (sqlite3)", ".mcap": "ROS 2 (MCAP)"}
+SOURCE_PREFIX = "rosbag://"
+
+
+class BagError(ValueError):
+    """A bag cannot be read, lacks a topic, or holds the wrong message type on it; the message says which."""
+
+
+def resolve_bag_path(path: str | Path) -> Path:
+    """The path rosbags opens for ``path``: a ROS 2 bag directory, a .db3/.mcap file or a ROS 1 .bag file."""
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    if path.is_file() and path.name == "metadata.yaml":
+        path = path.parent
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return path
+        storage = sorted(p for p in path.iterdir() if p.suffix in (".db3", ".mcap"))
+        if len(storage) == 1:
+            return storage[0]
+        raise BagError(f"{path}: not a bag (a ROS 2 bag directory holds metadata.yaml and .db3 or .mcap files)")
+    if path.suffix not in BAG_KINDS:
+        raise BagError(f"{path}: not a bag (expected a ROS 2 bag directory, a .db3 or .mcap file, or a ROS 1 .bag "
+                       "file)")
+    return path
+
+
+def bag_kind(path: Path) -> str:
+    """Human-readable format of a resolved bag path."""
+    if path.is_dir():
+        suffixes = {p.suffix for p in path.iterdir()}
+        return BAG_KINDS[".mcap"] if ".mcap" in suffixes else BAG_KINDS[".db3"]
+    return BAG_KINDS[path.suffix]
+
+
+def _header_stamp_ns(raw: bytes | memoryview, ros1: bool) -> int | None:
+    """Header stamp of a serialised message whose first field is a std_msgs/Header (Image, CompressedImage...).
+
+    ROS 1 serialisation starts with uint32 seq, uint32 sec, uint32 nsec (little endian). ROS 2 CDR starts with a
+    4-byte encapsulation header (second byte 1 = little endian, 0 = big endian), then int32 sec, uint32 nanosec.
+    Returns None for an encapsulation this does not know (the caller then deserialises the message).
+    """
+    if len(raw) < 12:
+        return None
+    if ros1:
+        _, sec, nsec = struct.unpack_from("<III", raw, 0)
+    else:
+        if raw[0] != 0 or raw[1] not in (0, 1):
+            return None
+        sec, nsec = struct.unpack_from("<iI" if raw[1] == 1 else ">iI", raw, 4)
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+class Bag:
+    """An open bag (any format rosbags reads) with errors translated into :class:`BagError`.
+
+    Example:
+        >>> with Bag("run1") as bag:                                       # doctest: +SKIP
+        ...     print(bag.describe_topics())
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = resolve_bag_path(path)
+        self.kind = bag_kind(self.path)
+        self.ros1 = self.path.suffix == ".bag"
+        self._reader: Any = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> Bag:
+        from rosbags.highlevel import AnyReader
+        from rosbags.typesys import Stores, get_typestore
+
+        default = get_typestore(Stores.ROS1_NOETIC if self.ros1 else Stores.ROS2_KILTED)
+        with self.errors("open"):
+            reader = AnyReader([self.path], default_typestore=default)
+            reader.open()
+        self._reader = reader
+        return self
+
+    def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            try:
+                reader.close()
+            except Exception:
+                log.debug("closing %s failed", self.path, exc_info=True)
+
+    def __enter__(self) -> Bag:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Turn whatever the storage layer raises (sqlite, MCAP, ROS 1 records, CDR) into a BagError naming the bag."""
+        try:
+            yield
+        except (BagError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            hint = " (a ROS 1 bag without its index is truncated or still being recorded; `rosbag reindex` " \
+                   "repairs it)" if self.ros1 and "index" in str(exc).lower() else ""
+            detail = str(exc).rstrip(". ")
+            raise BagError(f"{self.path}: cannot {doing} this {self.kind} bag: {type(exc).__name__}: {detail}{hint}. "
+                           "The file is corrupt or truncated, or not a bag") from exc
+
+    @property
+    def reader(self) -> Any:
+        if self._reader is None:
+            raise RuntimeError("bag is not open")
+        return self._reader
+
+    # ---- topics ----------------------------------------------------------------------------------
+    def topics(self) -> dict[str, tuple[str, int]]:
+        """Topic -> (message type, message count)."""
+        out: dict[str, tuple[str, int]] = {}
+        for conn in self.reader.connections:
+            msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
+            out[conn.topic] = (msgtype, count + int(getattr(conn, "msgcount", 0)))
+        return out
+
+    def describe_topics(self) -> str:
+        topics = self.topics()
+        if not topics:
+            return "the bag has no topics"
+        return "topics in this bag: " + ", ".join(f"{t} ({m}, {n} msgs)" for t, (m, n) in sorted(topics.items()))
+
+    def connections(self, topic: str, accepted: Sequence[str], role: str) -> list[Any]:
+        """Connections of ``topic``; BagError if it is missing or of a type not in ``accepted``."""
+        conns = [c for c in self.reader.connections if c.topic == topic]
+        if not conns:
+            raise BagError(f"{self.path}: no topic {topic!r} ({role}); {self.describe_topics()}")
+        wrong = sorted({c.msgtype for c in conns if c.msgtype not in accepted})
+        if wrong:
+            raise BagError(f"{self.path}: topic {topic!r} has message type {', '.join(wrong)}, but the {role} must be "
+                           f"{' or '.join(accepted)}")
+        return conns
+
+    def messages(self, connections: Sequence[Any], start_ns: int | None = None) -> Iterator[tuple[Any, int, Any]]:
+        """(connection, log time ns, raw bytes) in log-time order, errors translated."""
+        with self.errors("read messages of"):
+            it = self.reader.messages(connections=list(connections), start=start_ns)
+        while True:
+            with self.errors("read messages of"):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+
+    def deserialize(self, raw: Any, msgtype: str, topic: str) -> Any:
+        with self.errors(f"deserialise a {msgtype} message on {topic} in"):
+            return self.reader.deserialize(raw, msgtype)
+
+    def to_cdr(self, raw: Any, msgtype: str) -> bytes:
+        """The message as ROS 2 CDR bytes (ROS 1 messages are converted), e.g. to publish it unchanged."""
+        if not self.ros1:
+            return bytes(raw)
+        with self.errors(f"convert a {msgtype} message of"):
+            return bytes(self.reader.typestore.ros1_to_cdr(raw, msgtype))
+
+
+# ---- image topics ----------------------------------------------------------------------------------
+@dataclass
+class ImageTopicIndex:
+    """Every message of one image topic, in bag order.
+
+    Shape:
+        log_times: (N,) int64 ns (the bag's receive time); stamps_ns: (N,) int64 header stamps (the log time
+        where the header stamp is zero).
+    """
+
+    bag: Path
+    topic: str
+    msgtype: str
+    log_times: np.ndarray
+    stamps_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.log_times.shape[0])
+
+    @property
+    def stamps(self) -> np.ndarray:
+        return self.stamps_ns.astype(np.float64) * 1e-9
+
+
+def index_image_topic(bag: Bag, topic: str, progress: bool = True) -> ImageTopicIndex:
+    """Log times and header stamps of every image on ``topic`` (reads the topic once, decodes nothing)."""
+    conns = bag.connections(topic, IMAGE_TYPES, "image topic")
+    msgtypes = {c.msgtype for c in conns}
+    if len(msgtypes) > 1:
+        raise BagError(f"{bag.path}: topic {topic!r} mixes message types {sorted(msgtypes)}")
+    msgtype = msgtypes.pop()
+    total = sum(int(getattr(c, "msgcount", 0)) for c in conns) or None
+    log_times, stamps = [], []
+    for conn, t, raw in tqdm(bag.messages(conns), total=total, desc=f"index {topic}", unit="msg",
+                             disable=not progress):
+        stamp = _header_stamp_ns(raw, bag.ros1)
+        if stamp is None:
+            stamp = _stamp_ns(bag.deserialize(raw, conn.msgtype, topic).header.stamp)
+        log_times.append(t)
+        stamps.append(stamp if stamp > 0 else t)
+    if not log_times:
+        raise BagError(f"{bag.path}: topic {topic!r} holds no messages")
+    return ImageTopicIndex(bag.path, topic, msgtype, np.array(log_times, np.int64), np.array(stamps, np.int64))
+
+
+def _stamp_ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def decode_image(bag: Bag, msgtype: str, raw: Any, topic: str, log_time: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of one serialised Image / CompressedImage; BagError naming the message if it fails."""
+    msg = bag.deserialize(raw, msgtype, topic)
+    try:
+        return compressed_msg_to_rgb(msg) if msgtype == COMPRESSED_IMAGE else image_msg_to_rgb(msg)
+    except ImageDecodeError as exc:
+        raise BagError(f"{bag.path}: image on {topic} at log time {log_time * 1e-9:.6f} s cannot be decoded: "
+                       f"{exc}") from exc
+
+
+class BagImageLoader:
+    """Loads frame ``i`` (= message ``ordinals[i]`` of the topic) as RGB; reads forward, seeks only backwards.
+
+    Owns its own open bag, so it can outlive the reader used for indexing; call :meth:`close` (or use the
+    :class:`BagFrameSource` as a context manager) when done.
+    """
+
+    def __init__(self, index: ImageTopicIndex, ordinals: np.ndarray) -> None:
+        self.index = index
+        self.ordinals = np.asarray(ordinals, dtype=np.int64)
+        self._bag: Bag | None = None
+        self._conns: list[Any] = []
+        self._it: Iterator[tuple[Any, int, Any]] | None = None
+        self._next_ordinal = 0
+
+    def _open(self) -> Bag:
+        if self._bag is None:
+            self._bag = Bag(self.index.bag).open()
+            self._conns = self._bag.connections(self.index.topic, IMAGE_TYPES, "image topic")
+        return self._bag
+
+    def _seek(self, ordinal: int) -> None:
+        """Restart reading at the first message that shares the log time of message ``ordinal``."""
+        bag = self._open()
+        # Messages come in log-time order (rosbags merges connections by log time), so log_times is sorted and
+        # the messages before the first one at time t are exactly those with an earlier log time.
+        t = int(self.index.log_times[ordinal])
+        if self._it is not None:
+            self._it.close()  # type: ignore[attr-defined]
+        self._it = bag.messages(self._conns, start_ns=t)
+        self._next_ordinal = int(np.searchsorted(self.index.log_times, t, side="left"))
+
+    def __call__(self, i: int) -> np.ndarray:
+        ordinal = int(self.ordinals[i])
+        if self._it is None or ordinal < self._next_ordinal:
+            self._seek(ordinal)
+        bag = self._open()
+        assert self._it is not None
+        for conn, t, raw in self._it:
+            current = self._next_ordinal
+            self._next_ordinal += 1
+            if current == ordinal:
+                return decode_image(bag, conn.msgtype, raw, self.index.topic, t)
+        raise BagError(f"{self.index.bag}: topic {self.index.topic} ended before message {ordinal}; the bag changed "
+                       "since it was indexed")
+
+    def close(self) -> None:
+        if self._it is not None:
+            self._it.close()  # type: ignore[attr-defined]
+            self._it = None
+        if self._bag is not None:
+            self._bag.close()
+            self._bag = None
+
+
+def iter_serialized_frames(index: ImageTopicIndex, ordinals: np.ndarray) -> Iterator[tuple[int, int, bytes]]:
+    """(frame number, header stamp ns, ROS 2 CDR bytes) of the selected messages, in order, without decoding them.
+
+    For replaying a bag onto a live topic: the bytes are published unchanged (ROS 1 messages converted to CDR).
+    """
+    wanted = {int(o): k for k, o in enumerate(np.asarray(ordinals).tolist())}
+    last = max(wanted) if wanted else -1
+    with Bag(index.bag) as bag:
+        conns = bag.connections(index.topic, IMAGE_TYPES, "image topic")
+        for ordinal, (conn, _, raw) in enumerate(bag.messages(conns)):
+            if ordinal in wanted:
+                k = wanted[ordinal]
+                yield k, int(index.stamps_ns[ordinal]), bag.to_cdr(raw, conn.msgtype)
+            if ordinal >= last:
+                return
+
+
+def frame_source_string(bag: Path, topic: str, log_time_ns: int) -> str:
+    """How a map records where a bag frame came from: ``rosbag://<bag>#<topic>@<log time ns>``."""
+    return f"{SOURCE_PREFIX}{Path(bag).resolve()}#{topic}@{int(log_time_ns)}"
+
+
+def load_frame_source(source: str) -> np.ndarray | None:
+    """RGB image of a map frame's ``source`` (an image file or a bag message); None if it is gone."""
+    if not source.startswith(SOURCE_PREFIX):
+        from vpr_ros.core.image import load_rgb
+
+        return load_rgb(source) if Path(source).is_file() else None
+    rest = source[len(SOURCE_PREFIX):]
+    bag_path, _, topic_time = rest.rpartition("#")
+    topic, _, t = topic_time.rpartition("@")
+    if not Path(bag_path).exists():
+        return None
+    with Bag(bag_path) as bag:
+        conns = bag.connections(topic, IMAGE_TYPES, "image topic")
+        for conn, log_time, raw in bag.messages(conns, start_ns=int(t)):
+            if log_time == int(t):
+                return decode_image(bag, conn.msgtype, raw, topic, log_time)
+            break
+    return None
+
+
+# ---- frame selection -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrameSelection:
+    """Which image messages become frames: a time window, then greedy spacing by time and by distance."""
+
+    min_interval: float = 0.0
+    min_distance: float = 0.0
+    start: float | None = None
+    end: float | None = None
+
+    def describe(self) -> dict[str, float | None]:
+        return {"min_interval_s": self.min_interval, "min_distance_m": self.min_distance,
+                "start_s": self.start, "end_s": self.end}
+
+
+def select_frames(stamps: np.ndarray, positions: np.ndarray, selection: FrameSelection) -> np.ndarray:
+    """Indices of the frames to keep, in order.
+
+    The window ``[start, end)`` is in seconds after the first stamp. Then a frame is kept when at least
+    ``min_interval`` seconds and ``min_distance`` (pose units) separate it from the last kept frame; frames without
+    a position never pass a distance test.
+
+    Shape:
+        stamps: (N,) seconds; positions: (N, 3) (NaN = unknown); returns (M,) int64.
+    """
+    stamps = np.asarray(stamps, dtype=np.float64)
+    n = len(stamps)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    rel = stamps - stamps.min()
+    window = np.ones(n, dtype=bool)
+    if selection.start is not None:
+        window &= rel >= selection.start
+    if selection.end is not None:
+        window &= rel < selection.end
+    candidates = np.flatnonzero(window)
+    if selection.min_interval <= 0 and selection.min_distance <= 0:
+        return candidates.astype(np.int64)
+    keep: list[int] = []
+    last_t, last_p = -np.inf, None
+    # Greedy spacing is sequential by nature; this loops over frame metadata only (no pixels).
+    for i in candidates:
+        if stamps[i] - last_t < selection.min_interval:
+            continue
+        if selection.min_distance > 0:
+            p = positions[i]
+            if np.isnan(p).any():
+                continue
+            if last_p is not None and np.linalg.norm(p - last_p) < selection.min_distance:
+                continue
+            last_p = p
+        keep.append(int(i))
+        last_t = stamps[i]
+    return np.array(keep, dtype=np.int64)
+
+
+# ---- the frame source --------------------------------------------------------------------------------
+@dataclass
+class BagFrameSource(FrameSource):
+    """Frames of one image topic of a bag, with poses; a context manager that closes the bag reader."""
+
+    loader: BagImageLoader | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+
+    def __enter__(self) -> BagFrameSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def bag_frame_source(bag_path: str | Path, image_topic: str, poses: Any = None,
+                     selection: FrameSelection | None = None, progress: bool = True) -> BagFrameSource:
+    """Frames from ``image_topic`` of a bag, with poses from ``poses`` (a :class:`vpr_ros.io.bag_poses.PoseSpec`).
+
+    Frames without a pose (outside the pose stream, or in a gap) are skipped when a pose source is given.
+    ``info`` records the bag, topic, pose source, GNSS origin (if any) and counts, for map provenance.
+    """
+    from vpr_ros.io.bag_poses import PoseSpec, poses_at
+
+    selection = selection or FrameSelection()
+    poses = poses or PoseSpec()
+    with Bag(bag_path) as bag:
+        index = index_image_topic(bag, image_topic, progress=progress)
+        stamps = index.stamps
+        result = poses_at(bag, poses, stamps, progress=progress)
+    n = len(index)
+    keep_pose = result.valid if poses.given else np.ones(n, dtype=bool)
+    if poses.given and not keep_pose.all():
+        log.warning("%d of %d images on %s have no pose (outside the %s stream or in a gap) and are skipped",
+                    int((~keep_pose).sum()), n, image_topic, result.description)
+    with_pose = np.flatnonzero(keep_pose)
+    picked = with_pose[select_frames(stamps[with_pose], result.positions[with_pose], selection)]
+    if len(picked) == 0:
+        raise BagError(f"{index.bag}: no frames left on {image_topic} after pose matching and frame selection "
+                       f"({n} images, {len(with_pose)} with a pose)")
+    stamps_ns = index.stamps_ns[picked]
+    frames = FrameTable(ids=np.arange(len(picked)),
+                        names=[f"{s // 1_000_000_000}.{s % 1_000_000_000:09d}" for s in stamps_ns.tolist()],
+                        sources=[frame_source_string(index.bag, image_topic, t) for t in index.log_times[picked]],
+                        stamps=stamps[picked], positions=result.positions[picked],
+                        orientations=result.orientations[picked])
+    info = {"bag": str(index.bag), "bag_format": bag_kind(index.bag), "image_topic": image_topic,
+            "image_type": index.msgtype, "images_in_topic": n, "images_with_pose": len(with_pose),
+            "frames": len(picked), "poses": result.description, "selection": selection.describe()}
+    if result.origin is not None:
+        info["geodetic_origin"] = result.origin.to_dict()
+    log.info("%s: %d of %d images on %s selected as frames (%s)", index.bag, len(picked), n, image_topic,
+             result.description)
+    loader = BagImageLoader(index, picked)
+    return BagFrameSource(frames=frames, load_image=loader, loader=loader, info=info)

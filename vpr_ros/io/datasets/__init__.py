@@ -1,0 +1,1 @@
+"""Dataset converters: public place-recognition datasets -> rosbag2 + pose file + ground truth (``vpr_convert``)."""
