@@ -21,6 +21,16 @@ def _pyplot():  # noqa: ANN202 - matplotlib module
     return plt
 
 
+def _save(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure (matplotlib is imported lazily)
+    """Lay out, write ``path`` (creating its folder) and release the figure."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_evaluation(results: Sequence[QueryResult], gt: GroundTruth, path: str | Path,
                     load_query: Callable[[int], np.ndarray] | None = None,
                     load_ref: Callable[[int], np.ndarray | None] | None = None,
@@ -73,12 +83,7 @@ def plot_evaluation(results: Sequence[QueryResult], gt: GroundTruth, path: str |
             for spine in ax_r.spines.values():
                 spine.set_edgecolor("green" if ok else "red")
                 spine.set_linewidth(3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_latency(results: Sequence[QueryResult], path: str | Path, title: str = "latency") -> Path:
@@ -95,11 +100,7 @@ def plot_latency(results: Sequence[QueryResult], path: str | Path, title: str = 
     ax.set_xlabel("latency per frame [ms]")
     ax.set_ylabel("frames")
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_precision_recall(curves: dict[str, PrecisionRecall], path: str | Path,
@@ -119,12 +120,7 @@ def plot_precision_recall(curves: dict[str, PrecisionRecall], path: str | Path,
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_trajectory(ref_positions: np.ndarray, query_positions: np.ndarray, results: Sequence[QueryResult],
@@ -159,9 +155,4 @@ def plot_trajectory(ref_positions: np.ndarray, query_positions: np.ndarray, resu
     ax.set_title(title)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -75,6 +75,8 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     except (ConfigError, MapError, PoseFileError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # argparse: usage errors (2) and --help (0), as an exit status like the rest
+        return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
         print("interrupted; an unfinished map build resumes when started again with the same arguments",
               file=sys.stderr)
