@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="images per forward pass")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[structvpr] %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs which CPU build it picked
     if not 1 <= args.nt < args.nm:
         print(f"error: need 1 <= --nt < --nm, got {args.nt} and {args.nm}", file=sys.stderr)
         return 2
