@@ -17,6 +17,7 @@ the issue's description, with these choices of ours:
   of h belongs to region floor(r*l/h)); each region r gets its own VLAD V_r (K, D), normalised per cluster,
   and a learned saliency ``s_r = sigmoid(u . flat(V_r) + b_l)``; the image descriptor is
   ``L2(flatten(sum_r s_r V_r))``. With one level this is NetVLAD (a scalar saliency cancels in the L2 norm).
+  u starts at 0 and b_l at logit(0.95 / l^2), so each level starts with about the weight of the whole image.
 * **Parametric normalisation**: ``V_k <- g_k V_k / ||V_k||`` with a learned per-cluster contribution
   ``g_k = exp(log_g_k)`` (initialised to 1 = plain intra-normalisation).
 
@@ -117,7 +118,10 @@ class AppsvrHead(nn.Module):
         self.num_regions = sum(level * level for level in range(1, config.pyramid_levels + 1))
         if config.pyramid_levels > 1:
             self.saliency = nn.Parameter(torch.zeros(k * dim))
-            self.level_bias = nn.Parameter(torch.zeros(config.pyramid_levels))
+            # Initial saliency 0.95 / l^2 at level l: every level weighs about as much as the whole image, so the
+            # initial descriptor stays close to NetVLAD's and training decides how much the regions matter.
+            target = torch.tensor([0.95 / lv ** 2 for lv in range(1, config.pyramid_levels + 1)])
+            self.level_bias = nn.Parameter(torch.log(target / (1 - target)))
             level_of = [lv for lv in range(1, config.pyramid_levels + 1) for _ in range(lv * lv)]
             self.register_buffer("region_level", torch.tensor(level_of, dtype=torch.long) - 1, persistent=False)
 
@@ -195,7 +199,8 @@ def semantic_constrained_centroids(samples: np.ndarray, labels: np.ndarray, num_
                                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """APPSVR's semantic-constrained initialisation (supplement sec. 4, "Centroid generation").
 
-    k-means on the features of static classes gives the K informative centroids; for each irrelevant class,
+    k-means on the features of static classes gives the K informative centroids (on all features when
+    ``shadows`` is 0: without shadow centroids the initialisation is NetVLAD's); for each irrelevant class,
     k-means on its features gives up to M candidates; each informative centroid gets its ``shadows`` nearest
     candidates (Euclidean) as shadow centroids. Features labelled IGNORE are used for neither.
 
@@ -204,6 +209,10 @@ def semantic_constrained_centroids(samples: np.ndarray, labels: np.ndarray, num_
         returns: centroids (K, D), shadow centroids (K * shadows, D) cluster-major, and facts for the card.
     """
     irrelevant = sorted({int(c) for c in irrelevant})
+    if shadows == 0:  # no shadow centroids: plain k-means on every feature, as NetVLAD
+        centroids = kmeans_vocabulary(samples, num_clusters, iterations, seed)
+        return centroids, np.zeros((0, samples.shape[1]), np.float32), {"static_features": len(samples),
+                                                                         "irrelevant_classes": [], "candidates": {}}
     static = ~np.isin(labels, [*irrelevant, IGNORE])
     if static.sum() < num_clusters:
         raise ValueError(f"semantic-constrained init: only {int(static.sum())} static local features for "
@@ -211,8 +220,6 @@ def semantic_constrained_centroids(samples: np.ndarray, labels: np.ndarray, num_
     centroids = kmeans_vocabulary(samples[static], num_clusters, iterations, seed)
     info: dict[str, Any] = {"static_features": int(static.sum()), "irrelevant_classes": irrelevant,
                             "candidates": {}}
-    if shadows == 0:
-        return centroids, np.zeros((0, samples.shape[1]), np.float32), info
     candidates = []
     for c in irrelevant:
         feats = samples[labels == c]
