@@ -268,7 +268,7 @@ def corridor_config(repo: Path, labels: Path, **overrides) -> TrainConfig:
 
 def test_training_steps_on_real_tuples_lower_their_loss(repo: Path, corridor_rule_labels: Path, tmp_path: Path):
     """Semantic-constrained init on real corridor images + rule-based label maps, tuples mined with the initial
-    model, then 6 optimiser steps on them: their loss falls (measured here 0.53 -> 0.07)."""
+    model, then 6 optimiser steps on them: their loss falls (measured here 0.249 -> 0.005)."""
     from vpr_training.trainer import Trainer
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -33,7 +33,8 @@ from vpr_training.models.registry import NetVLADModel, VprModel, register_model
 
 
 class SegEncoder(nn.Module):
-    """Convolutional encoder of one-hot label maps: per stage, a stride-2 3x3 conv and a 3x3 conv, with ReLU.
+    """Convolutional encoder of one-hot label maps: per stage, a stride-2 3x3 conv and a 3x3 conv, each with group
+    normalisation and ReLU (none after the last conv).
 
     Shape:
         - Input: ``(B, C, H, W)`` one-hot classes (float); Output: ``(B, channels[-1], H/s, W/s)``, s = 2^stages.
@@ -44,10 +45,16 @@ class SegEncoder(nn.Module):
         layers: list[nn.Module] = []
         cin = classes
         for c in channels:
-            layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-                       nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True)]
+            # Group norm, not batch norm: statistics per image, so the descriptors of the cache (eval mode) and of
+            # training (train mode) agree from the first step of a randomly initialised branch.
+            layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(8, c), c),
+                       nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1, bias=False),
+                       nn.GroupNorm(min(8, c), c), nn.ReLU(inplace=True)]
             cin = c
         self.layers = nn.Sequential(*layers[:-1])  # no ReLU on the output: NetVLAD normalises the features
+        for m in self.layers.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.classes, self.out_channels, self.stride = classes, channels[-1], 2 ** len(channels)
 
     def forward(self, onehot: torch.Tensor) -> torch.Tensor:
