@@ -336,7 +336,7 @@ def test_export_runs_in_build_map_evaluate_and_the_node(trained, tmp_path: Path,
                           str(corridor / "ground_truth_new.npy"), "--out", str(tmp_path / "eval"), "--quiet",
                           "--no-plots", "--set", f"localizer.encoder.model={models / 'appsvr_test.onnx'}"]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    # Measured here: R@1 0.78, R@5 0.97 (a 10-step model; chance at 5 is ~0.2 with 5 correct references).
+    # Measured here: R@1 0.83, R@5 0.99 (best on validation was the initialised model: the corridor is easy).
     assert report["recall@5"] > 0.85, report["recall@5"]
 
     queries = sorted((corridor / "query").glob("*.jpg"))[::10]
