@@ -195,6 +195,17 @@ def test_gradients_reach_every_learned_parameter(corridor: Path):
     assert not no_grad, no_grad
 
 
+def test_semantic_constrained_init_needs_label_maps():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="appsvr", num_clusters=4, kmeans_features_per_image=20))
+    with pytest.raises(ValueError, match=r"needs label maps: set train\.labels"):
+        model.initialise(iter([torch.rand(2, 3, 64, 64) * 255]))
+    plain = build_model(ModelConfig(name="appsvr", num_clusters=4, kmeans_features_per_image=16,
+                                    appsvr=AppsvrConfig(shadows_per_cluster=0)))
+    info = plain.initialise(iter([torch.rand(2, 3, 64, 64) * 255]))   # no SC: NetVLAD's k-means, no labels
+    assert info["shadow_centroids"] == 0 and info["static_features"] == 32
+
+
 class TestHalfCachedMining:
     """APPSVR's tuples (supplement sec. 4): half hardest of the random pool, half from the cached hard list."""
 

@@ -278,7 +278,7 @@ class AppsvrModel(NetVLADModel):
         """
         cfg, app = self.config, self.config.appsvr
         gen = torch.Generator().manual_seed(seed)
-        feats, labels, images = [], [], 0
+        feats, labels, images, has_labels = [], [], 0, False
         for batch in batches:
             imgs, ids = batch if isinstance(batch, (tuple, list)) else (batch, None)
             f = self.backbone(imgs)
@@ -294,6 +294,8 @@ class AppsvrModel(NetVLADModel):
             labels.append(torch.gather(lab, 1, picks).reshape(-1))
             images += len(x)
             has_labels = ids is not None
+        if not feats:
+            raise ValueError("APPSVR initialisation got no images")
         data = torch.cat(feats).numpy().astype(np.float32)
         classes = torch.cat(labels).numpy()
         if app.shadows_per_cluster and not has_labels:
