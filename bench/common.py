@@ -30,11 +30,11 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """bench/results/<name>.json with the machine description and a timestamp."""
+    """bench/results/<name>.json with the machine description and a timestamp (paths etc. written as text)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     doc = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_description(),
            **payload}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path

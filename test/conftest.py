@@ -80,3 +80,58 @@ def corridor_patch_map(tmp_path_factory: pytest.TempPathFactory, corridor: Path,
     build_map(folder_source(corridor / "ref", corridor / "ref_poses.csv"), out,
               BuildMapConfig(patches=PatchStoreConfig(preset="speed")), progress=False, encoder=encoder)
     return out
+
+
+@pytest.fixture(scope="session")
+def corridor_rule_labels(tmp_path_factory: pytest.TempPathFactory, corridor: Path) -> Path:
+    """Rule-based label maps (colour/position rules, not a segmenter) of every corridor image, on disk in a
+    folder tree parallel to data/corridor (labels/ref/0000000.png ...), as real label maps would be."""
+    from vpr_training.data.rule_labels import write_rule_based_label_maps
+
+    out = tmp_path_factory.mktemp("labels") / "corridor"
+    write_rule_based_label_maps(corridor, out, progress=False)
+    return out
+
+
+@pytest.fixture
+def localize_via_node():
+    """Run a real localize node (in-process, loopback DDS) with ``model`` on ``map_path``, publish ``images`` as
+    sensor_msgs/Image one at a time and return the top-1 reference id of each answer (-1: no answer)."""
+    from collections.abc import Sequence
+
+    def run(map_path: Path, model: Path, images: Sequence[Path], namespace: str = "/vpr_model") -> list[int]:
+        import threading
+
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+
+        from vpr_ros.core.image import load_rgb
+        from vpr_ros.nodes.localize import LocalizeNode
+        from vpr_ros.nodes.replay import LocalizeClient, rgb_to_image_msg
+
+        rclpy.init()
+        executor = MultiThreadedExecutor(num_threads=4)
+        node = LocalizeNode(namespace=namespace, parameter_overrides=[
+            Parameter("map_path", value=str(map_path)), Parameter("localizer.encoder.model", value=str(model)),
+            Parameter("diagnostics_period", value=0.2)])
+        client = LocalizeClient(node_namespace=f"{namespace}/localize", image_topic=f"{namespace}/image")
+        for n in (node, client):
+            executor.add_node(n)
+        thread = threading.Thread(target=executor.spin, daemon=True)
+        thread.start()
+        try:
+            assert client.wait_until_ready(30), "the localize node never came up"
+            top1 = []
+            for i, path in enumerate(images):
+                answer = client.send_and_wait(rgb_to_image_msg(load_rgb(path), 100.0 + i), timeout=30)
+                top1.append(int(answer.ref_ids[0]) if answer is not None else -1)
+            return top1
+        finally:
+            executor.shutdown()
+            node.shutdown()
+            node.destroy_node()
+            client.destroy_node()
+            rclpy.try_shutdown()
+
+    return run

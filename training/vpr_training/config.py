@@ -15,6 +15,41 @@ from vpr_training.mining import MiningConfig
 
 
 @dataclass(frozen=True)
+class AppsvrConfig:
+    """APPSVR (Peng et al., ICCV 2021): each attention module switchable, so ablations are configs.
+
+    Names of the paper's variants: SC = semantic-constrained initialisation with shadow centroids, PN =
+    parametric normalisation, Ln = pyramid levels 1..n (APPSVR-SC-PN-L3 is the best).
+    """
+
+    local_weighting: bool = setting(True, "semantic-reinforced local weighting: a learned weight per location "
+                                    "scales its residuals before aggregation")
+    weighting_hidden: int = setting(64, "channels of the local-weighting branch", min=1)
+    pyramid_levels: int = setting(3, "attentional pyramid pooling over levels 1..n (level l: l x l regions); "
+                                  "1 = one region, no pyramid", min=1, max=6)
+    parametric_norm: bool = setting(True, "parametric normalisation: a learned contribution per cluster instead "
+                                    "of plain intra-normalisation")
+    shadows_per_cluster: int = setting(2, "SC: shadow centroids per cluster, whose residuals are discarded (0 = "
+                                       "no shadow centroids, k-means on all features as NetVLAD)", min=0)
+    candidates_per_class: int = setting(8, "SC: candidate shadow centroids (k-means) per irrelevant class", min=1)
+    irrelevant_classes: tuple[int, ...] = setting(
+        (0,), "SC: class ids (after train.label_mapping) that are dynamic or task-irrelevant; the default 0 is "
+        "'top_bright' of the rule-based maps / 'sky' of ade20k_6 (add 4 = 'dynamic' for ade20k_6)", min=0)
+
+
+@dataclass(frozen=True)
+class StructVprConfig:
+    """StructVPR (Shen et al., CVPR 2023): seg-branch on label maps, rgb-branch distilled from it per sample."""
+
+    seg_classes: int = setting(6, "clustered classes of the one-hot label-map input of the seg-branch", min=1)
+    seg_channels: tuple[int, ...] = setting((32, 64, 96, 128), "seg-branch: output channels of its stride-2 "
+                                            "convolution stages (4 stages = stride 16)", min=1)
+    partition: str = setting("", "stage 2: partition file of vpr-structvpr-partition (ranks, weights phi, seg "
+                             "descriptors); empty = stage 1 (triplet loss only)")
+    distill_weight: float = setting(1.0, "stage 2: weight of the per-sample weighted distillation term", min=0.0)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Architecture and initialisation of the trained model."""
 
@@ -42,6 +77,8 @@ class ModelConfig:
     whiten_regularisation: float = setting(
         0.0, "added to the eigenvalues as a fraction of the largest before whitening (0 = NetVLAD's full "
         "whitening; raise it for small training sets, see VladConfig.whiten_regularisation)", min=0.0)
+    appsvr: AppsvrConfig = section(AppsvrConfig)
+    structvpr: StructVprConfig = section(StructVprConfig)
 
 
 @dataclass(frozen=True)

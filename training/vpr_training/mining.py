@@ -23,6 +23,9 @@ Procedure (thesis 4.4.2-4.4.3, the numbers are the defaults of :class:`MiningCon
   negative does not violate the constraint give a zero loss and are skipped (``skip_trivial``). The
   violating negatives are kept for the query's next round ("including the hardest negatives from the
   previous epoch stabilizes the convergence").
+* ``negative_strategy = half_cached`` is APPSVR's variant (supplement sec. 4): half the negatives are the
+  hardest of the random pool, half are drawn at random from the query's cached list of negatives that
+  violated the margin in earlier rounds (up to ``hard_negative_memory``, newest first).
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ class MiningConfig:
     keep_hard_negatives: bool = setting(True, "score a query's violating negatives of the last round again")
     skip_trivial: bool = setting(True, "skip queries whose negatives all satisfy the margin (zero loss)")
     balance: bool = setting(True, "sample queries by inverse frequency of their night/sideways class")
+    negative_strategy: str = setting(
+        "violation", "violation: the num_negatives most violating of the pool + kept hard negatives (thesis); "
+        "half_cached: half the hardest of the pool, half drawn at random from the query's cached hard-negative "
+        "list (APPSVR supplement sec. 4)", choices=("violation", "half_cached"))
+    hard_negative_memory: int = setting(50, "half_cached: violating negatives remembered per query (newest first)",
+                                        min=1)
 
 
 @dataclass
@@ -193,6 +202,8 @@ class SubCacheMiner:
         if len(allowed) == 0:
             return None
         pool = cache.db_rows[rng.choice(allowed, size=min(cfg.negative_pool, len(allowed)), replace=False)]
+        if cfg.negative_strategy == "half_cached":
+            return self._mine_half_cached(cache, query, qd, positive, dp, pool, rng, remember)
         if cfg.keep_hard_negatives and query in self.hard_negatives:
             pool = np.union1d(pool, self.hard_negatives[query])
         d_neg = ((cache.db_desc[cache.db_slots(pool)] - qd) ** 2).sum(1)
@@ -211,6 +222,41 @@ class SubCacheMiner:
             negatives = np.resize(negatives, cfg.num_negatives)
             violation = np.resize(violation, cfg.num_negatives)
         return Triplet(query=int(query), positive=positive, negatives=negatives.astype(np.int64),
+                       violation=violation.astype(np.float32))
+
+    def _mine_half_cached(self, cache: SubCache, query: int, qd: np.ndarray, positive: int, dp: float,
+                          pool: np.ndarray, rng: np.random.Generator, remember: bool) -> Triplet | None:
+        """APPSVR's tuple (supplement sec. 4): half the negatives are the hardest of ``pool`` (random
+        non-positives), the other half are drawn at random from the query's cached hard-negative list (negatives
+        that violated the margin in earlier rounds); too short a list is topped up with the next hardest."""
+        cfg = self.config
+
+        def violation_of(rows: np.ndarray) -> np.ndarray:
+            return dp + cfg.margin - ((cache.db_desc[cache.db_slots(rows)] - qd) ** 2).sum(1)
+
+        pool_violation = violation_of(pool)
+        ranked = pool[np.argsort(-pool_violation, kind="stable")]
+        n_cached = cfg.num_negatives // 2
+        cached = self.hard_negatives.get(query, np.zeros(0, np.int64))
+        cached = cached[np.isin(cached, cache.db_rows)]
+        hardest = ranked[: cfg.num_negatives - n_cached]
+        cached = np.setdiff1d(cached, hardest)
+        drawn = rng.choice(cached, size=min(n_cached, len(cached)), replace=False) if len(cached) else cached
+        top_up = ranked[~np.isin(ranked, np.concatenate([hardest, drawn]))][: n_cached - len(drawn)]
+        negatives = np.concatenate([hardest, drawn, top_up]).astype(np.int64)
+        violation = violation_of(negatives)
+        if remember and cfg.keep_hard_negatives:
+            new = pool[pool_violation > 0][np.argsort(-pool_violation[pool_violation > 0], kind="stable")]
+            old = self.hard_negatives.get(query, np.zeros(0, np.int64))
+            merged = np.concatenate([new, old[~np.isin(old, new)]])[: cfg.hard_negative_memory]
+            if len(merged):
+                self.hard_negatives[query] = merged.astype(np.int64)
+        if cfg.skip_trivial and not (violation > 0).any():
+            return None
+        if len(negatives) < cfg.num_negatives:
+            negatives = np.resize(negatives, cfg.num_negatives)
+            violation = np.resize(violation, cfg.num_negatives)
+        return Triplet(query=int(query), positive=positive, negatives=negatives,
                        violation=violation.astype(np.float32))
 
     def batches(self, epoch: int, batch_size: int, encode: Encode,

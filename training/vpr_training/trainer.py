@@ -14,7 +14,9 @@ Output folder::
     tensorboard/     scalars (loss, recall@N, learning rate, cache size)
 
 Extension points (for models added later): :class:`TrainerHook` callbacks, :meth:`Trainer.compute_loss`,
-extra loss terms (``trainer.loss.add``), and the model registry.
+extra loss terms (``trainer.loss.add``, or a model's :meth:`VprModel.loss_terms`), and the model registry.
+Models declare what they read (:attr:`VprModel.input_kind`: images, or label maps for StructVPR's seg-branch)
+and whether their initialisation needs the label maps' classes (:attr:`VprModel.init_needs_labels`: APPSVR).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from vpr_ros.config import config_to_dict
 from vpr_ros.eval.metrics import recall_at_n
 from vpr_training.config import TrainConfig
 from vpr_training.data.images import ImageLoader
+from vpr_training.data.label_maps import LabelMapLoader
 from vpr_training.data.readers import load_places
 from vpr_training.losses import TupleLayout, build_loss
 from vpr_training.mining import SubCacheMiner, Triplet, TripletBatch
@@ -169,13 +172,27 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model).to(self.device)
         self.train_places = load_places(cfg.train)
         self.val_places = load_places(cfg.val)
+        size = (cfg.image_height, cfg.image_width)
+        self.label_loader: LabelMapLoader | None = None
+        if self.train_places.has_labels:
+            self.label_loader = LabelMapLoader(size, cfg.train.label_mapping, cfg.model.structvpr.seg_classes,
+                                               cfg.cache_images)
+        if self.model.input_kind == "label_maps":
+            # A label-map branch (StructVPR's seg-branch) sees label maps wherever other models see images.
+            self.train_places = self.train_places.label_maps_as_images()
+            self.val_places = self.val_places.label_maps_as_images()
+            self.loader: Any = LabelMapLoader(size, cfg.train.label_mapping, cfg.model.structvpr.seg_classes,
+                                              cfg.cache_images)
+        else:
+            self.loader = ImageLoader(size, cfg.workers, cfg.cache_images)
         self.miner = SubCacheMiner(self.train_places, cfg.mining, seed=cfg.seed)
         self.val_positives = self.val_places.positives(cfg.validation.positive_dist, cfg.validation.positive_angle)
-        self.loader = ImageLoader((cfg.image_height, cfg.image_width), cfg.workers, cfg.cache_images)
-        self.model = build_model(cfg.model).to(self.device)
         self.loss = build_loss(cfg.loss)
+        for weight, name, term in self.model.loss_terms(self.train_places):
+            self.loss.add(weight, name, term)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = cfg.optim
         if o.optimizer == "sgd":
@@ -290,11 +307,19 @@ class Trainer:
         pick = rng.choice(len(pool), size=min(cfg.model.kmeans_images, len(pool)), replace=False)
         paths = [pool[i] for i in np.sort(pick)]
         bs = cfg.eval_batch_size
+        labels: list[str] | None = None
+        if self.model.init_needs_labels and self.label_loader is not None:
+            label_pool = (self.train_places.db_labels or []) + (self.train_places.query_labels or [])
+            labels = [label_pool[i] for i in np.sort(pick)]
 
         def batches() -> Any:
             for s in tqdm(range(0, len(paths), bs), desc="init: k-means features", unit="batch", leave=False,
                           disable=not (self.progress and self.dist.main)):
-                yield torch.from_numpy(self.loader.load(paths[s:s + bs])).to(self.device)
+                images = torch.from_numpy(self.loader.load(paths[s:s + bs])).to(self.device)
+                if labels is not None and self.label_loader is not None:  # models that need classes (APPSVR)
+                    yield images, self.label_loader.load_ids(labels[s:s + bs])
+                else:
+                    yield images
 
         self.model.eval()
         info = self.model.initialise(batches(), seed=cfg.seed)

@@ -10,6 +10,7 @@ is skipped for that pair, as the issue asks ("40 deg where heading exists").
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +44,8 @@ class PlaceSet:
 
     Shape:
         db_positions: (N, 2|3); query_positions: (Q, 2|3); headings: (N,) / (Q,) degrees or None;
-        query_night / query_sideways: (Q,) bool or None.
+        query_night / query_sideways: (Q,) bool or None;
+        query_labels / db_labels: label-map paths parallel to the images, or None (see data.label_maps).
     """
 
     name: str
@@ -57,6 +59,8 @@ class PlaceSet:
     query_sideways: np.ndarray | None = None
     query_sequences: list[str] | None = None
     db_sequences: list[str] | None = None
+    query_labels: list[str] | None = None
+    db_labels: list[str] | None = None
     info: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,17 @@ class PlaceSet:
         side = (np.zeros(self.num_queries, bool) if self.query_sideways is None
                 else np.asarray(self.query_sideways, bool))
         return (2 * night + side).astype(np.int64)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.query_labels is not None and self.db_labels is not None
+
+    def label_maps_as_images(self) -> PlaceSet:
+        """The same places with the label maps in place of the images (input of a label-map branch)."""
+        if not self.has_labels:
+            raise ValueError(f"{self.name}: no label maps; set the dataset's 'labels' folder")
+        return dataclasses.replace(self, name=f"{self.name}:labels", query_images=list(self.query_labels or []),
+                                   db_images=list(self.db_labels or []), info={**self.info, "input": "label_maps"})
 
     def describe(self) -> dict[str, object]:
         """Counts and provenance for model cards and logs."""

@@ -63,6 +63,12 @@ class DatasetConfig:
                          min=0)
     count: int = setting(0, "keep at most this many places from 'first' (0 = all)", min=0)
     stride: int = setting(1, "keep every stride-th place (nordland/folders)", min=1)
+    labels: str = setting("", "semantic label maps (APPSVR / StructVPR): folder tree parallel to the images, one "
+                          "single-channel PNG of class ids per image (empty = none); see data.label_maps")
+    labels_base: str = setting("", "folder the image paths are taken relative to when finding their label maps "
+                               "(empty = the deepest folder holding all images of the split)")
+    label_mapping: str = setting("identity", "raw label ids -> model classes: identity, ade20k_6, or a YAML file "
+                                 "of 'raw_id: class_id' lines")
 
 
 Reader = Callable[[DatasetConfig], PlaceSet]
@@ -83,7 +89,25 @@ def load_places(config: DatasetConfig) -> PlaceSet:
     """Read the split ``config`` describes; errors name the file or setting at fault."""
     if config.kind not in DATASET_READERS:
         raise ValueError(f"dataset kind {config.kind!r} is not one of {sorted(DATASET_READERS)}")
-    return DATASET_READERS[config.kind](config)
+    places = DATASET_READERS[config.kind](config)
+    if config.labels:
+        attach_label_maps(places, config)
+    return places
+
+
+def attach_label_maps(places: PlaceSet, config: DatasetConfig) -> None:
+    """Point every image of ``places`` at its label map under ``config.labels``; all must exist."""
+    from vpr_training.data.label_maps import check_label_files, label_paths, mapping_table
+
+    labels = _need(config.labels, "labels", config.kind)
+    mapping_table(config.label_mapping)  # refuse a bad mapping now, not mid-training
+    paths = label_paths(places.query_images + places.db_images, labels, config.labels_base or None)
+    check_label_files(paths, f"{places.name}: labels {labels}")
+    places.query_labels, places.db_labels = paths[:places.num_queries], paths[places.num_queries:]
+    places.info["labels"] = {"root": str(labels), "mapping": config.label_mapping}
+    readme = labels / "README.txt"
+    if readme.is_file() and readme.read_text().startswith("Rule-based"):  # written by data.rule_labels
+        places.info["labels"]["kind"] = "rule-based (colour/position rules), not a segmenter's output"
 
 
 def _need(value: str, name: str, kind: str) -> Path:

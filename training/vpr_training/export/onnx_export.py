@@ -163,6 +163,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str | N
                         "sub-caching triplet mining by vpr_training"
                         + ("; ONNX = backbone features, NetVLAD + PCA-whitening in the head file (global and "
                            "Patch-NetVLAD descriptors share these weights)" if head_path else "")),
+        **({"variant": desc["variant"]} if "variant" in desc else {}),
+        **({"notes": " ".join(model.card_notes())} if model.card_notes() else {}),
         "onnx_file": onnx_path.name,
         "onnx_sha256": sha256_file(onnx_path),
         "onnx_opset": opset,

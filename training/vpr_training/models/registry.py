@@ -8,8 +8,9 @@ it is exported (:attr:`VprModel.kind`):
   head from :meth:`VprModel.head_arrays` (one implementation for global and Patch-NetVLAD descriptors);
 * ``global``  -- the ONNX graph outputs the global descriptor (models whose head numpy does not implement).
 
-Adding a model (e.g. APPSVR, StructVPR) is one ``@register_model("name")`` factory plus, if needed, fields in
-:class:`ModelConfig`.
+Adding a model is one ``@register_model("name")`` factory plus, if needed, fields in :class:`ModelConfig`;
+APPSVR (``models/appsvr.py``) and StructVPR (``models/structvpr.py``) are registered on import of
+:mod:`vpr_training.models`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ class VprModel(nn.Module):
 
     kind: str = "global"
     config: ModelConfig
+    #: What the model reads: ``rgb`` images, or ``label_maps`` (one-hot semantic classes, StructVPR's seg-branch).
+    input_kind: str = "rgb"
+    #: :meth:`initialise` receives ``(images, label ids)`` batches when the training data has label maps.
+    init_needs_labels: bool = False
+
+    def loss_terms(self, places: Any) -> list[tuple[float, str, Any]]:
+        """Extra ``(weight, name, term)`` loss terms the trainer adds to the main loss (see ``losses``)."""
+        return []
+
+    def card_notes(self) -> list[str]:
+        """Lines for the model card: provenance of the method, where the implementation departs or guesses."""
+        return []
 
     def initialise(self, batches: Iterable[torch.Tensor], seed: int = 0) -> dict[str, Any]:
         """Data-driven initialisation before training (e.g. k-means centroids); returns facts for the card."""
