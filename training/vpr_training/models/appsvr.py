@@ -39,7 +39,7 @@ from torch import nn
 from vpr_ros.core.vlad import assignment_from_centroids, kmeans_vocabulary
 from vpr_training.config import AppsvrConfig, ModelConfig
 from vpr_training.models.backbones import Backbone, build_backbone
-from vpr_training.models.netvlad import l2_normalise
+from vpr_training.models.netvlad import l2_normalise, local_descriptors
 from vpr_training.models.registry import NetVLADModel, VprModel, register_model
 
 log = logging.getLogger(__name__)
@@ -144,10 +144,7 @@ class AppsvrHead(nn.Module):
     # ---- the modules ----------------------------------------------------------------------------
     def local_descriptors(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, h*w, D), L2-normalised per location if ``normalize_input``."""
-        if not torch.jit.is_tracing() and (features.ndim != 4 or features.shape[1] != self.dim):
-            raise ValueError(f"expected features (B, {self.dim}, h, w), got {tuple(features.shape)}")
-        x = features.float().flatten(2).transpose(1, 2)
-        return l2_normalise(x) if self.normalize_input else x
+        return local_descriptors(features, self.dim, self.normalize_input)
 
     def soft_assign(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, K) weights of the informative clusters (softmax over informative + shadow)."""

@@ -30,6 +30,14 @@ def l2_normalise(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return x / x.norm(dim=dim, keepdim=True).clamp_min(EPS)
 
 
+def local_descriptors(features: torch.Tensor, dim: int, normalize: bool) -> torch.Tensor:
+    """(B, D, h, w) feature map -> (B, h*w, D) local descriptors, L2-normalised per location if ``normalize``."""
+    if not torch.jit.is_tracing() and (features.ndim != 4 or features.shape[1] != dim):
+        raise ValueError(f"expected features (B, {dim}, h, w), got {tuple(features.shape)}")
+    x = features.float().flatten(2).transpose(1, 2)
+    return l2_normalise(x) if normalize else x
+
+
 class NetVLAD(nn.Module):
     """Trainable NetVLAD aggregation.
 
@@ -66,10 +74,7 @@ class NetVLAD(nn.Module):
 
     def local_descriptors(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, h*w, D), L2-normalised per location if ``normalize_input``."""
-        if not torch.jit.is_tracing() and (features.ndim != 4 or features.shape[1] != self.dim):
-            raise ValueError(f"expected features (B, {self.dim}, h, w), got {tuple(features.shape)}")
-        x = features.float().flatten(2).transpose(1, 2)
-        return l2_normalise(x) if self.normalize_input else x
+        return local_descriptors(features, self.dim, self.normalize_input)
 
     def soft_assign(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, K) soft-assignment weights."""
