@@ -181,3 +181,30 @@ def test_sequence_stage_fuses_the_reranked_candidates(corridor_patch_map: Path, 
                       loc.retrieve(loc.encode(load_rgb(corridor / "query" / "0000042.jpg"))))
     np.testing.assert_array_equal(last.single.indices, pool.indices[:5])
     assert last.indices[0] in corridor_ground_truth[42]
+
+
+def test_appending_grows_the_patch_store_from_the_manifest(corridor_patch_map: Path, encoder, corridor: Path,
+                                                           tmp_path: Path):
+    """append_to_map finds the patch configuration in the manifest: no extractor needs to be passed."""
+    import shutil
+
+    from vpr_ros.core.map_builder import append_to_map
+
+    grown = tmp_path / "map"
+    shutil.copytree(corridor_patch_map, grown)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for name in ("0000010.jpg", "0000011.jpg", "0000012.jpg"):
+        (extra / name).symlink_to(corridor / "query" / name)
+    before = ReferenceMap.load(corridor_patch_map)
+    refmap, added = append_to_map(folder_source(extra), grown, progress=False, encoder=encoder)
+    assert added == 3 and len(refmap) == len(before) + 3
+    spec = stored_spec(refmap)
+    assert spec is not None and spec.describe() == stored_spec(before).describe()
+    for name, codes in before.arrays.items():
+        assert refmap.arrays[name].shape == (len(before) + 3, *codes.shape[1:])
+        np.testing.assert_array_equal(refmap.arrays[name][: len(before)], codes)
+    # the appended query frame re-ranks itself to the top
+    loc = Localizer(refmap, encoder, LocalizerConfig(top_k=5, rerank=RerankConfig(candidates=20)))
+    hyp = loc.localize(load_rgb(corridor / "query" / "0000011.jpg"))
+    assert refmap.frames.names[hyp.indices[0]] == "0000011.jpg"

@@ -109,7 +109,7 @@ def make_parser() -> argparse.ArgumentParser:
     live.add_argument("--node-log", type=Path, help="write the node's output here (default <out>/localize_node.log)")
     parser.add_argument("--top-n", default="1,5,10", help="N values for recall@N")
     parser.add_argument("--pr-score", choices=("score", "confidence"), default=None,
-                        help="what the precision-recall curve thresholds (default: loop_closure.score)")
+                        help="what the precision-recall curve thresholds; None = the loop_closure.score setting")
     parser.add_argument("--out", type=Path, default=Path("out/evaluation"), help="report directory")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
