@@ -16,7 +16,6 @@ pytestmark = pytest.mark.ros
 
 rclpy = pytest.importorskip("rclpy")
 from nav_msgs.msg import Odometry  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
 from test_localize_node import graph, localize_node, wait_diag  # noqa: E402, F401 - graph is a fixture
 
 from vpr_ros.core.encoder import EncoderConfig, make_encoder  # noqa: E402
@@ -100,13 +99,8 @@ def test_winter_sequence_closes_loops_with_the_right_summer_frames(graph, nordla
         assert abs(c.ref_id - query) <= 1, f"winter frame {query} closed a loop with summer frame {c.ref_id}"
         assert c.position[0] == float(c.ref_id) and c.ref_stamp == float(c.ref_id) and c.score >= 0.18
 
-    reset = client.create_client(Trigger, "/seq/localize/reset")
-    assert reset.wait_for_service(10)
-    future = reset.call_async(Trigger.Request())
-    deadline = time.monotonic() + 10
-    while not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert future.result().success and len(node.localizer.sequence.buffer) == 0
+    response = client.trigger("reset", timeout=10)
+    assert response is not None and response.success and len(node.localizer.sequence.buffer) == 0
 
     stamps_out = {drive(i) for i in OUT_OF_MAP}
     after = settled_closures()

@@ -25,6 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
 
 from vpr_ros.nodes.messages import loop_closure_from_msg, matches_from_msg, stamp_from_msg, stamp_to_msg
 
@@ -165,6 +166,23 @@ class LocalizeClient(Node):
     def send_and_wait(self, msg: Image | CompressedImage, timeout: float = 30.0) -> Answer | None:
         """Publish one frame and wait for the node's answer to it (lock-step replay, nothing dropped)."""
         return self.wait_for(self.publish(msg), timeout)
+
+    def trigger(self, service: str, timeout: float = 30.0) -> Trigger.Response | None:
+        """Call the node's Trigger service ``service`` (``reload_map`` or ``reset``); None if it never answered.
+
+        The client must be spinning in an executor (as for answers) for the response to arrive.
+        """
+        client = self.create_client(Trigger, f"{self._node_namespace}/{service}")
+        try:
+            deadline = time.monotonic() + timeout
+            if not client.wait_for_service(timeout):
+                return None
+            future = client.call_async(Trigger.Request())
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return future.result() if future.done() else None
+        finally:
+            self.destroy_client(client)
 
 
 class NodeProcess:
