@@ -106,7 +106,7 @@ def real_images(n: int) -> list[np.ndarray]:
 
 def official_and_ours(folder: Path, clusters: int, pcs: int, sizes: str) -> tuple[Any, Any]:
     """(official torch model, our ONNX encoder) for one seeded random checkpoint in the official layout."""
-    from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
     from vpr_training.export.patchnetvlad_checkpoint import convert, load_state_dict, official_model, random_checkpoint
 
     checkpoint = random_checkpoint(folder / f"random_{clusters}_WPCA{pcs}.pth.tar", clusters, pcs, seed=0)
@@ -117,9 +117,9 @@ def official_and_ours(folder: Path, clusters: int, pcs: int, sizes: str) -> tupl
 
 
 def extraction_and_parity(folder: Path, images: list[np.ndarray]) -> dict[str, Any]:
-    from vpr_ros.core.patch_matching import nearest_patches
-    from vpr_ros.core.patches import make_grids, patch_descriptors
-    from vpr_ros.core.spatial import ransac_scores, rapid_spatial_scores
+    from vpr_ros.core.patchnetvlad.descriptors import make_grids, patch_descriptors
+    from vpr_ros.core.patchnetvlad.matching import nearest_patches
+    from vpr_ros.core.patchnetvlad.scoring import ransac_scores, rapid_spatial_scores
     from vpr_training import patchnetvlad_reference as official
 
     out: dict[str, Any] = {"extraction": {}, "parity_full_size": {}}
@@ -173,11 +173,12 @@ def extraction_and_parity(folder: Path, images: list[np.ndarray]) -> dict[str, A
 
 
 def rerank_speed(folder: Path, images: list[np.ndarray], repeats: int) -> dict[str, Any]:
-    from vpr_ros.core.patch_store import PatchSpec, encode
-    from vpr_ros.core.patches import make_grids, patch_descriptors
-    from vpr_ros.core.refmap import FrameTable, ReferenceMap
-    from vpr_ros.core.rerank import RerankConfig, Reranker
-    from vpr_ros.core.spatial import fuse_scales
+    from vpr_ros.core.frames import FrameTable
+    from vpr_ros.core.patchnetvlad.descriptors import make_grids, patch_descriptors
+    from vpr_ros.core.patchnetvlad.rerank import RerankConfig, Reranker
+    from vpr_ros.core.patchnetvlad.scoring import fuse_scales
+    from vpr_ros.core.patchnetvlad.store import PatchSpec, encode
+    from vpr_ros.core.refmap import ReferenceMap
     from vpr_training import patchnetvlad_reference as official
 
     _, encoder = official_and_ours(folder, 16, 512, "5")
@@ -237,12 +238,12 @@ def rerank_speed(folder: Path, images: list[np.ndarray], repeats: int) -> dict[s
 
 
 def corridor_recall(folder: Path) -> dict[str, Any]:
-    from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
     from vpr_ros.core.localizer import Localizer, LocalizerConfig
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
-    from vpr_ros.core.patch_store import PatchStoreConfig
+    from vpr_ros.core.patchnetvlad.rerank import RerankConfig
+    from vpr_ros.core.patchnetvlad.store import PatchStoreConfig
     from vpr_ros.core.refmap import ReferenceMap
-    from vpr_ros.core.rerank import RerankConfig
     from vpr_ros.eval.ground_truth import positives_from_vpr_bench
     from vpr_ros.eval.metrics import recall_at_n
     from vpr_ros.io.images import folder_source

@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import write_result
-from vpr_ros.core.encoder import EncoderConfig, make_encoder
+from vpr_ros.core.encoders import EncoderConfig, make_encoder
 from vpr_ros.core.localizer import Hypothesis, Localizer, LocalizerConfig, QueryFeatures
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.sequence import SequenceConfig, im2seq

@@ -46,7 +46,7 @@ def default_model() -> Path:
 
 @pytest.fixture(scope="session")
 def encoder(default_model: Path):
-    from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
 
     return OnnxEncoder(EncoderConfig(model=str(default_model)))
 
@@ -73,7 +73,7 @@ def corridor_ground_truth(corridor: Path) -> list[np.ndarray]:
 def corridor_patch_map(tmp_path_factory: pytest.TempPathFactory, corridor: Path, encoder) -> Path:
     """The corridor map with a Patch-NetVLAD patch store of the ``speed`` configuration (int8 patches)."""
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
-    from vpr_ros.core.patch_store import PatchStoreConfig
+    from vpr_ros.core.patchnetvlad.store import PatchStoreConfig
     from vpr_ros.io.images import folder_source
 
     out = tmp_path_factory.mktemp("maps") / "corridor_speed"

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder, sha256_file
+from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
+from vpr_ros.core.files import sha256_file
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.refmap import ReferenceMap

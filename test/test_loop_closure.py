@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.localizer import Hypothesis
 from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
-from vpr_ros.core.refmap import FrameTable
 
 N = 50
 

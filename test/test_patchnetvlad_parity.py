@@ -32,11 +32,11 @@ if str(REPO / "training") not in sys.path:
 pytestmark = [pytest.mark.torch,
               pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")]  # inside the official code
 
-from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder  # noqa: E402
+from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder  # noqa: E402
 from vpr_ros.core.image import load_rgb, resize_rgb  # noqa: E402
-from vpr_ros.core.patch_matching import nearest_patches  # noqa: E402
-from vpr_ros.core.patches import make_grids, patch_descriptors  # noqa: E402
-from vpr_ros.core.spatial import fuse_scales, mutual_from_nearest, ransac_scores, rapid_spatial_scores  # noqa: E402
+from vpr_ros.core.patchnetvlad.descriptors import make_grids, patch_descriptors  # noqa: E402
+from vpr_ros.core.patchnetvlad.matching import nearest_patches  # noqa: E402
+from vpr_ros.core.patchnetvlad.scoring import fuse_scales, mutual_from_nearest, ransac_scores, rapid_spatial_scores  # noqa: E402
 from vpr_training import patchnetvlad_reference as official  # noqa: E402
 from vpr_training.export.patchnetvlad_checkpoint import (  # noqa: E402
     convert,

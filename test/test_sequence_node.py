@@ -18,7 +18,7 @@ rclpy = pytest.importorskip("rclpy")
 from nav_msgs.msg import Odometry  # noqa: E402
 from test_localize_node import graph, localize_node, wait_diag  # noqa: E402, F401 - graph is a fixture
 
-from vpr_ros.core.encoder import EncoderConfig, make_encoder  # noqa: E402
+from vpr_ros.core.encoders import EncoderConfig, make_encoder  # noqa: E402
 from vpr_ros.core.image import load_rgb  # noqa: E402
 from vpr_ros.core.map_builder import BuildMapConfig, build_map  # noqa: E402
 from vpr_ros.io.images import folder_source  # noqa: E402

@@ -317,11 +317,11 @@ def test_export_runs_in_build_map_evaluate_and_the_node(trained, tmp_path: Path,
                                                         corridor_ground_truth, localize_via_node):
     import json
 
-    from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder
+    from vpr_ros.cli.evaluate import main as evaluate_main
+    from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
     from vpr_ros.core.localizer import Localizer, LocalizerConfig
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
     from vpr_ros.io.images import folder_source
-    from vpr_ros.nodes.evaluate import main as evaluate_main
     from vpr_training.export.onnx_export import main as export_main
 
     init = torch.load(trained.best_checkpoint, weights_only=False)["init"]

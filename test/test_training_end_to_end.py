@@ -67,7 +67,7 @@ def test_run_folder_has_checkpoints_metrics_and_tensorboard(trained: TrainResult
 
 
 def test_export_loads_in_the_node_pipeline_and_builds_a_map(trained: TrainResult, tmp_path: Path, repo: Path):
-    from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
     from vpr_ros.core.image import load_rgb
     from vpr_ros.core.localizer import Localizer, LocalizerConfig
     from vpr_ros.core.map_builder import BuildMapConfig, build_map

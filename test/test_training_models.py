@@ -161,7 +161,7 @@ class MeanPooled(VprModel):
 def test_registry_adds_models_that_export_as_global(tmp_path: Path, corridor: Path):
     """Models added later (APPSVR, StructVPR) plug in by name; a 'global' model runs in the node's encoder."""
     from vpr_ros.config import config_to_dict
-    from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
     from vpr_training.config import TrainConfig
     from vpr_training.export.onnx_export import export_checkpoint
     from vpr_training.trainer import CHECKPOINT_FORMAT, CHECKPOINT_VERSION

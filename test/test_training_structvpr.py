@@ -207,10 +207,10 @@ def test_stage2_adds_the_weighted_distillation(stages, repo: Path, tmp_path: Pat
 
 def test_rgb_branch_exports_alone_and_runs_in_evaluate_and_the_node(stages, tmp_path: Path, corridor: Path,
                                                                     corridor_ground_truth, localize_via_node):
-    from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder
+    from vpr_ros.cli.evaluate import main as evaluate_main
+    from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
     from vpr_ros.io.images import folder_source
-    from vpr_ros.nodes.evaluate import main as evaluate_main
     from vpr_training.export.onnx_export import main as export_main
 
     models = tmp_path / "models"

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vpr_ros.nodes.cli import (
+from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
     config_from_args,

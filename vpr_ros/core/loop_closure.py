@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr_ros.config import setting
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.localizer import Hypothesis, ratio_confidence
-from vpr_ros.core.refmap import FrameTable
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Two passes over the images:
 1. *fit*: encode a sample of up to ``vlad.fit_images`` frames, fit the VLAD vocabulary (k-means) on
    their local features, then the PCA-whitening on their VLADs;
 2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks; with a patch
-   store (``patches.preset``, :mod:`vpr_ros.core.patch_store`) also its Patch-NetVLAD patch descriptors.
+   store (``patches.preset``, :mod:`vpr_ros.core.patchnetvlad.store`) also its Patch-NetVLAD patch descriptors.
 
 Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
@@ -30,11 +30,12 @@ import yaml
 from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict, section, setting
-from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
-from vpr_ros.core.patch_store import SECTION as PATCH_SECTION
-from vpr_ros.core.patch_store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
-from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap, read_manifest
-from vpr_ros.core.rerank import stored_spec
+from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.frames import FrameSource, FrameTable
+from vpr_ros.core.patchnetvlad.rerank import stored_spec
+from vpr_ros.core.patchnetvlad.store import SECTION as PATCH_SECTION
+from vpr_ros.core.patchnetvlad.store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
+from vpr_ros.core.refmap import IndexConfig, ReferenceMap, read_manifest
 from vpr_ros.core.vlad import (
     VladConfig,
     VladHead,
@@ -68,17 +69,6 @@ class BuildMapConfig:
     vlad: VladConfig = section(VladConfig)
     index: IndexConfig = section(IndexConfig)
     patches: PatchStoreConfig = section(PatchStoreConfig)
-
-
-@dataclass
-class FrameSource:
-    """Frames to map: metadata plus a loader of frame ``i`` as RGB uint8 (H, W, 3)."""
-
-    frames: FrameTable
-    load_image: Callable[[int], np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
 
 def _fingerprint(config: BuildMapConfig, encoder: Encoder, frames: FrameTable,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.core.refmap import FrameTable
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.eval.ground_truth import GroundTruth
 from vpr_ros.eval.metrics import (
     DEFAULT_NS,

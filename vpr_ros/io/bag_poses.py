@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vpr_ros.io.bags import Bag, BagError
+from vpr_ros.io.bag_reader import Bag, BagError
 from vpr_ros.io.geodesy import GeodeticOrigin, geodetic_to_enu
 from vpr_ros.io.poses import PoseFileError, PoseTable, interpolate_poses, read_pose_file
 from vpr_ros.io.transforms import compose, invert

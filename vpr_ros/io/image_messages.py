@@ -10,6 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vpr_ros.errors import InputError
+
 # ROS encoding -> (channels, numpy dtype, OpenCV conversion to RGB or None)
 _ENCODINGS: dict[str, tuple[int, Any, int | None]] = {
     "rgb8": (3, np.uint8, None),
@@ -36,7 +38,7 @@ _ENCODINGS: dict[str, tuple[int, Any, int | None]] = {
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError, ValueError):
     """An image message cannot be turned into an RGB image. ``kind`` groups errors for diagnostics."""
 
     def __init__(self, kind: str, message: str) -> None:

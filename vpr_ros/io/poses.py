@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vpr_ros.errors import InputError
+
 KNOWN_COLUMNS = ("name", "x", "y", "z", "yaw", "qx", "qy", "qz", "qw", "stamp")
 HEADERLESS = {
     3: ("name", "x", "y"),
@@ -37,7 +39,7 @@ HEADERLESS = {
 }
 
 
-class PoseFileError(ValueError):
+class PoseFileError(InputError, ValueError):
     """A pose file cannot be read; the message names the file and line."""
 
 

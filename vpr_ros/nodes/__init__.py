@@ -1,1 +1,1 @@
-"""ROS 2 nodes and command-line tools: thin layers over vpr_ros.core."""
+"""ROS 2 code only: the localize node, message conversion, its runtime helpers and the replay clients."""

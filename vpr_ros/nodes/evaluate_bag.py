@@ -15,17 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.cli.bag_options import bag_source_from_args
+from vpr_ros.cli.evaluate import evaluate_offline, ground_truth_for, ref_image_loader
+from vpr_ros.core.frames import FrameTable
+from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import ratio_confidence
-from vpr_ros.core.refmap import FrameTable, ReferenceMap, read_manifest
+from vpr_ros.core.refmap import ReferenceMap, read_manifest
 from vpr_ros.eval.ground_truth import GroundTruth
 from vpr_ros.eval.metrics import recall_at_n
 from vpr_ros.eval.outputs import write_evaluation
 from vpr_ros.eval.report import QueryResult
 from vpr_ros.io.bags import BagFrameSource
 from vpr_ros.io.geodesy import GeodeticOrigin
-from vpr_ros.nodes.bag_cli import bag_source_from_args
-from vpr_ros.nodes.evaluate import evaluate_offline, ground_truth_for, ref_image_loader
-from vpr_ros.nodes.localize_config import LocalizeNodeConfig
 
 log = logging.getLogger("vpr_ros.evaluate")
 

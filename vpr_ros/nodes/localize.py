@@ -41,11 +41,11 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, unflatten
+from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Localizer
 from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
-from vpr_ros.nodes.localize_config import LocalizeNodeConfig
 from vpr_ros.nodes.messages import (
     hypothesis_to_matches,
     hypothesis_to_pose,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-#: Model-card format written here; ``vpr_ros.core.encoder.ModelCard`` reads exactly this version.
+#: Model-card format written here; ``vpr_ros.core.encoders.ModelCard`` reads exactly this version.
 FORMAT_VERSION = 1
 
 

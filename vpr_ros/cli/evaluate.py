@@ -18,17 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vpr_ros.config import config_to_dict
-from vpr_ros.core.localizer import Hypothesis, Localizer
-from vpr_ros.core.loop_closure import LoopClosureGate
-from vpr_ros.core.map_builder import FrameSource
-from vpr_ros.core.refmap import FrameTable, ReferenceMap
-from vpr_ros.eval.ground_truth import GroundTruth, positives_by_index, positives_from_vpr_bench, positives_within
-from vpr_ros.eval.outputs import write_evaluation
-from vpr_ros.eval.report import QueryResult, recall_summary, results_precision_recall, summary_line
-from vpr_ros.io.bags import load_frame_source
-from vpr_ros.nodes.bag_cli import add_bag_arguments, check_bag_arguments
-from vpr_ros.nodes.cli import (
+from vpr_ros.cli.bag_options import add_bag_arguments, check_bag_arguments
+from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
     config_from_args,
@@ -36,7 +27,16 @@ from vpr_ros.nodes.cli import (
     run_cli,
     setup_logging,
 )
-from vpr_ros.nodes.localize_config import LocalizeNodeConfig
+from vpr_ros.config import config_to_dict
+from vpr_ros.core.frames import FrameSource, FrameTable
+from vpr_ros.core.localize_config import LocalizeNodeConfig
+from vpr_ros.core.localizer import Hypothesis, Localizer
+from vpr_ros.core.loop_closure import LoopClosureGate
+from vpr_ros.core.refmap import ReferenceMap
+from vpr_ros.eval.ground_truth import GroundTruth, positives_by_index, positives_from_vpr_bench, positives_within
+from vpr_ros.eval.outputs import write_evaluation
+from vpr_ros.eval.report import QueryResult, recall_summary, results_precision_recall, summary_line
+from vpr_ros.io.bags import load_frame_source
 
 log = logging.getLogger("vpr_ros.evaluate")
 

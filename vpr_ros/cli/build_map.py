@@ -8,11 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from vpr_ros.core.map_builder import BuildMapConfig, FrameSource, append_to_map, build_map
-from vpr_ros.core.refmap import read_manifest
-from vpr_ros.io.geodesy import GeodeticOrigin
-from vpr_ros.nodes.bag_cli import add_bag_arguments, bag_source_from_args, check_bag_arguments
-from vpr_ros.nodes.cli import (
+from vpr_ros.cli.bag_options import add_bag_arguments, bag_source_from_args, check_bag_arguments
+from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
     config_from_args,
@@ -20,6 +17,10 @@ from vpr_ros.nodes.cli import (
     run_cli,
     setup_logging,
 )
+from vpr_ros.core.frames import FrameSource
+from vpr_ros.core.map_builder import BuildMapConfig, append_to_map, build_map
+from vpr_ros.core.refmap import read_manifest
+from vpr_ros.io.geodesy import GeodeticOrigin
 
 log = logging.getLogger("vpr_ros.build_map")
 

@@ -16,89 +16,16 @@ tested implementation of NetVLAD, IntegralVLAD patches and PCA.
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import yaml
 
-from vpr_ros.config import setting
+from vpr_ros.core.encoders.base import EncoderConfig
+from vpr_ros.core.encoders.model_card import ModelCard
+from vpr_ros.core.files import sha256_file
 from vpr_ros.core.image import to_network_input
 from vpr_ros.core.paths import resolve_path
 from vpr_ros.core.vlad import VladHead
-
-MODEL_CARD_VERSION = 1
-MODEL_KINDS = ("backbone", "netvlad", "global")
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Which ONNX model encodes images and where it runs."""
-
-    model: str = setting("models/efficientnet_lite0_b10.onnx",
-                         "ONNX model file (its model card, same name .yaml, must lie beside it), or a "
-                         "weights-free encoder such as thumbnail:64x32,patch=8 (SeqSLAM-style thumbnails)")
-    device: str = setting("auto", "ONNX Runtime device: auto = CUDA when available, else CPU",
-                          choices=("auto", "cuda", "cpu"))
-    threads: int = setting(0, "CPU threads for ONNX Runtime (0 = one per core)", min=0)
-    batch_size: int = setting(8, "images per ONNX Runtime call when encoding many images", min=1)
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """What an encoder ONNX file is: identity, input and output contract, provenance."""
-
-    id: str
-    kind: str                    # one of MODEL_KINDS (module docstring)
-    onnx_file: str
-    onnx_sha256: str
-    input_name: str
-    output_name: str
-    channels: int
-    stride: int
-    default_size: tuple[int, int]  # (height, width)
-    raw: dict[str, Any]
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelCard:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"model card {path} not found: every ONNX model needs its card beside it "
-                "(run `make models` to build the default model)") from None
-        try:
-            version = int(raw.get("format_version", 0))
-            if version != MODEL_CARD_VERSION:
-                raise ValueError(f"format_version {version}, this vpr_ros reads {MODEL_CARD_VERSION}")
-            kind = str(raw.get("kind", "backbone"))
-            if kind not in MODEL_KINDS:
-                raise ValueError(f"kind {kind!r} is not one of {list(MODEL_KINDS)}")
-            if kind == "netvlad" and "head_file" not in raw:
-                raise ValueError("a 'netvlad' model needs 'head_file' (the .npz with its trained head)")
-            return cls(
-                id=str(raw["id"]), kind=kind, onnx_file=str(raw["onnx_file"]),
-                onnx_sha256=str(raw["onnx_sha256"]), input_name=str(raw["input"]["name"]),
-                output_name=str(raw["output"]["name"]), channels=int(raw["output"]["channels"]),
-                stride=int(raw["output"]["stride"]),
-                default_size=(int(raw["input"]["default_size"][0]), int(raw["input"]["default_size"][1])),
-                raw=raw)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"model card {path} is malformed: {exc}") from None
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _providers(device: str) -> list[str]:
@@ -112,42 +39,6 @@ def _providers(device: str) -> list[str]:
             raise RuntimeError(f"device 'cuda' requested but ONNX Runtime offers only {available}")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-class Encoder(Protocol):
-    """What the pipeline needs from an encoder (ONNX models and weights-free encoders alike)."""
-
-    config: EncoderConfig
-    card: ModelCard
-    sha256: str
-    providers: list[str]
-    head: VladHead | None
-
-    @property
-    def id(self) -> str: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-    def features(self, images: list[np.ndarray], height: int, width: int) -> np.ndarray: ...
-
-
-def _thumbnail_encoder(config: EncoderConfig) -> Encoder:
-    from vpr_ros.core.thumbnail import ThumbnailEncoder  # imported late: thumbnail.py imports this module
-
-    return ThumbnailEncoder(config)
-
-
-#: Encoders that are not ONNX files, by the prefix of ``EncoderConfig.model`` (e.g. ``thumbnail:...``).
-ENCODER_FACTORIES: dict[str, Callable[[EncoderConfig], Encoder]] = {"thumbnail": _thumbnail_encoder}
-
-
-def make_encoder(config: EncoderConfig | None = None) -> Encoder:
-    """The encoder ``config.model`` names: a registered prefix (``name:spec``) or an ONNX file path."""
-    config = config or EncoderConfig()
-    prefix = config.model.split(":", 1)[0]
-    if ":" in config.model and prefix in ENCODER_FACTORIES:
-        return ENCODER_FACTORIES[prefix](config)
-    return OnnxEncoder(config)
 
 
 class OnnxEncoder:
@@ -216,9 +107,3 @@ class OnnxEncoder:
             batch = to_network_input(images[start:start + bs], height, width)
             out.append(self.session.run([self.card.output_name], {self.card.input_name: batch})[0])
         return np.concatenate(out, axis=0) if out else np.empty((0, self.card.channels, 0, 0), np.float32)
-
-    def timed_features(self, image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:
-        """Features of one image and the wall time in milliseconds."""
-        t0 = time.perf_counter()
-        feats = self.features([image], height, width)
-        return feats, (time.perf_counter() - t0) * 1e3

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from vpr_ros.cli.common import HelpFormatter, run_cli, setup_logging
 from vpr_ros.io.bag_writer import STORAGES
-from vpr_ros.nodes.cli import HelpFormatter, run_cli, setup_logging
 
 log = logging.getLogger("vpr_ros.convert")
 

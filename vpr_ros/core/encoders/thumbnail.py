@@ -24,7 +24,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vpr_ros.core.encoder import EncoderConfig, ModelCard
+from vpr_ros.core.encoders.base import EncoderConfig
+from vpr_ros.core.encoders.model_card import ModelCard
 from vpr_ros.core.image import check_rgb
 
 THUMBNAIL_PREFIX = "thumbnail"
@@ -114,7 +115,7 @@ def thumbnail_descriptors(images: list[np.ndarray], spec: ThumbnailSpec) -> np.n
 
 
 class ThumbnailEncoder:
-    """The :class:`vpr_ros.core.encoder.Encoder` of ``thumbnail:WxH[,patch=P]`` models (kind ``global``).
+    """The :class:`vpr_ros.core.encoders.Encoder` of ``thumbnail:WxH[,patch=P]`` models (kind ``global``).
 
     The thumbnail size is part of the encoder's identity, so :meth:`features` always produces it,
     whatever network input size a map records.
