@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from vpr_ros.cli import build_map, evaluate
 from vpr_ros.cli.common import run_cli
 from vpr_ros.io.bag_writer import BagWriter
-from vpr_ros.nodes import build_map, evaluate
 
 STORAGES = ["sqlite3", "mcap", "ros1"]
 

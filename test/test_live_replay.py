@@ -13,8 +13,8 @@ import json
 import pytest
 from samples import write_corridor_bag
 
+from vpr_ros.cli import evaluate
 from vpr_ros.cli.common import run_cli
-from vpr_ros.nodes import evaluate
 
 pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy")

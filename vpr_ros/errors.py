@@ -7,11 +7,15 @@ reports it on ``/diagnostics`` and keeps running. Any other exception is a bug a
 from __future__ import annotations
 
 
-class InputError(Exception):
-    """Base of the errors caused by what a user handed in; the message names the input and what was expected."""
+class InputError(ValueError):
+    """Base of the errors caused by what a user handed in; the message names the input and what was expected.
+
+    A ValueError, so code that validates values can keep catching those; but only InputError (not any
+    ValueError) is reported to a user as one line.
+    """
 
 
-class ConfigError(InputError, ValueError):
+class ConfigError(InputError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 

@@ -1,24 +1,18 @@
 """``evaluate``: run the localization pipeline over query images (a folder or a bag, offline or live through the
 node) and report recall@N, precision-recall, loop closures, pose accuracy and latency.
 
-With a sequence method (``--set localizer.sequence.method=seqslam``) the report puts the single-frame and
-the sequence answers of the same run side by side. Queries are fed in stamp / file-name order, as a camera would.
+This module only parses arguments: the work is :func:`vpr_ros.eval.run` (offline) and
+:func:`vpr_ros.nodes.live_evaluation.evaluate_live` (``--live``), which a notebook can call as well.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from tqdm import tqdm
-
-from vpr_ros.cli.bag_options import add_bag_arguments, check_bag_arguments
+from vpr_ros.cli.bag_options import add_bag_arguments, bag_source_from_args, check_bag_arguments, map_geodetic_origin
 from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
@@ -27,16 +21,13 @@ from vpr_ros.cli.common import (
     run_cli,
     setup_logging,
 )
-from vpr_ros.config import config_to_dict
-from vpr_ros.core.frames import FrameSource, FrameTable
+from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.localize_config import LocalizeNodeConfig
-from vpr_ros.core.localizer import Hypothesis, Localizer
-from vpr_ros.core.loop_closure import LoopClosureGate
-from vpr_ros.core.refmap import ReferenceMap
-from vpr_ros.eval.ground_truth import GroundTruth, positives_by_index, positives_from_vpr_bench, positives_within
-from vpr_ros.eval.outputs import write_evaluation
-from vpr_ros.eval.report import QueryResult, recall_summary, results_precision_recall, summary_line
-from vpr_ros.io.bags import load_frame_source
+from vpr_ros.core.paths import resolve_path
+from vpr_ros.errors import InputError
+from vpr_ros.eval import EvalConfig, Report, VprBenchFile, WithinDistance, WithinIndex, run
+from vpr_ros.eval.ground_truth import GroundTruthRule
+from vpr_ros.io.images import folder_source
 
 log = logging.getLogger("vpr_ros.evaluate")
 
@@ -137,46 +128,36 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--index-tolerance must be >= 0, got {args.index_tolerance}")
 
 
-def ground_truth_for(args: argparse.Namespace, refmap: ReferenceMap, queries: FrameSource | FrameTable) -> GroundTruth:
-    """Positives per query from the ground-truth option given (VPR-Bench file, index tolerance or poses)."""
-    q = queries if isinstance(queries, FrameTable) else queries.frames
+def recall_ns(text: str) -> tuple[int, ...]:
+    """``--top-n 1,5,10`` -> (1, 5, 10)."""
+    try:
+        return tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise InputError(f"--top-n expects comma-separated positive integers, got {text!r}") from None
+
+
+def ground_truth_rule(args: argparse.Namespace) -> GroundTruthRule:
     if args.ground_truth is not None:
-        return positives_from_vpr_bench(args.ground_truth, refmap.frames.ids, len(q))
-    if getattr(args, "index_tolerance", None) is not None:
-        return positives_by_index(len(q), refmap.frames.ids, args.index_tolerance)
-    if np.isnan(q.positions).all():
-        raise ValueError("the queries have no poses, so there is no ground truth (check the pose source)")
-    return positives_within(q.positions, refmap.frames.positions, args.dist_threshold,
-                            q.orientations, refmap.frames.orientations, args.angle_threshold)
+        return VprBenchFile(args.ground_truth)
+    if args.index_tolerance is not None:
+        return WithinIndex(args.index_tolerance)
+    return WithinDistance(args.dist_threshold, args.angle_threshold)
 
 
-def query_result(name: str, hyp: Hypothesis) -> QueryResult:
-    return QueryResult(name=name, stamp=hyp.stamp, ranked=hyp.indices, scores=hyp.scores,
-                       latency_ms=hyp.timings_ms.get("total", float("nan")), stage_ms=hyp.timings_ms,
-                       confidence=hyp.confidence)
-
-
-def run_queries(localizer: Localizer, queries: FrameSource, progress: bool = True) -> list[Hypothesis]:
-    """Localize every query frame in order (one at a time, as the node does) and keep the hypotheses."""
-    return [localizer.localize(queries.load_image(i), float(queries.frames.stamps[i]))
-            for i in tqdm(range(len(queries)), desc="localize queries", unit="img", disable=not progress)]
-
-
-def gated_loop_closures(hyps: list[Hypothesis], gate: LoopClosureGate, gt: GroundTruth) -> dict[str, float]:
-    """What the node's loop-closure gate would publish on these queries, and how much of it is right."""
-    closures = [(i, gate.update(h)) for i, h in enumerate(hyps)]
-    published = [(i, c) for i, c in closures if c is not None]
-    correct = sum(int(c.row in set(gt.positives[i].tolist())) for i, c in published)
-    return {"published": len(published), "correct": correct,
-            "precision": correct / len(published) if published else float("nan"),
-            "recall": correct / max(int(gt.has_positive.sum()), 1)}
-
-
-def ref_image_loader(refmap: ReferenceMap):  # noqa: ANN201 - Callable[[int], np.ndarray | None]
-    """Image of map row ``row`` from the frame's recorded source (an image file or a bag message)."""
-    def load(row: int) -> np.ndarray | None:
-        return load_frame_source(refmap.frames.sources[row])
-    return load
+def print_summary(report: Report, config: EvalConfig) -> None:
+    ns = config.recall_ns
+    if "single_frame" in report:
+        print("single frame: " + "  ".join(f"R@{n} {report['single_frame'][f'recall@{n}']:.3f}" for n in ns))
+        print("sequence:     " + report.summary())
+    else:
+        print(report.summary())
+    if "loop_closures" in report:
+        lc = report["loop_closures"]
+        print(f"loop closures at min_score {config.localize.loop_closure.min_score:g}: {lc['published']} published, "
+              f"{lc['correct']} correct; threshold for 100% precision: "
+              f"{report['precision_recall']['threshold_at_100_precision']:.4g}")
+    if report.path is not None:
+        print(f"report: {report.path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,84 +169,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     setup_logging(args.verbose, args.quiet)
-    ns = tuple(int(n) for n in args.top_n.split(","))
-    config: LocalizeNodeConfig = config_from_args(args, node_name="localize")
-    if args.bag is not None:
-        from vpr_ros.nodes.evaluate_bag import evaluate_bag
-
-        report = evaluate_bag(args, config, ns)
+    settings: LocalizeNodeConfig = config_from_args(args, node_name="localize")
+    source_name = args.queries.name if args.bag is None else args.image_topic
+    config = EvalConfig(localize=settings, recall_ns=recall_ns(args.top_n), pr_score=args.pr_score,
+                        plots=not args.no_plots, progress=not args.quiet, title=f"{source_name} vs {args.map.name}")
+    rule = ground_truth_rule(args)
+    if args.bag is None:
+        queries = folder_source(args.queries, args.query_poses)
+        report = run(args.map, queries, rule, config, out=args.out, info={"queries": str(args.queries)})
     else:
-        report = evaluate_folder(args, config, ns)
-    if "single_frame" in report:
-        print("single frame: " + "  ".join(f"R@{n} {report['single_frame'][f'recall@{n}']:.3f}" for n in ns))
-        print("sequence:     " + summary_line(report, ns))
-    else:
-        print(summary_line(report, ns))
-    if "loop_closures" in report:
-        lc = report["loop_closures"]
-        print(f"loop closures at min_score {config.loop_closure.min_score:g}: {lc['published']} published, "
-              f"{lc['correct']} correct; threshold for 100% precision: "
-              f"{report['precision_recall']['threshold_at_100_precision']:.4g}")
-    print(f"report: {args.out / 'report.json'}")
+        with bag_source_from_args(args, args.query_poses, origin=map_geodetic_origin(args.map),
+                                  progress=not args.quiet) as queries:
+            report = evaluate_live(args, queries, rule, config) if args.live else run(
+                args.map, queries, rule, config, out=args.out,
+                info={"mode": "offline: bag frames straight into the pipeline", "queries": queries.info})
+    print_summary(report, config)
     return 0
 
 
-def evaluate_folder(args: argparse.Namespace, config: LocalizeNodeConfig, ns: tuple[int, ...]) -> dict[str, Any]:
-    from vpr_ros.io.images import folder_source
+def evaluate_live(args: argparse.Namespace, queries: FrameSource, rule: GroundTruthRule,
+                  config: EvalConfig) -> Report:
+    # rclpy is imported only for --live: offline evaluation runs where no ROS 2 is installed.
+    from vpr_ros.nodes.live_evaluation import LiveReplayOptions
+    from vpr_ros.nodes.live_evaluation import evaluate_live as replay_and_score
 
-    queries = folder_source(args.queries, args.query_poses)
-    return evaluate_offline(args, config, ns, queries, title=f"{args.queries.name} vs {args.map.name}",
-                            info={"queries": str(args.queries)})
-
-
-def evaluate_offline(args: argparse.Namespace, config: LocalizeNodeConfig, ns: tuple[int, ...], queries: FrameSource,
-                     title: str, info: dict[str, Any]) -> dict[str, Any]:
-    """Every query frame straight into the core pipeline (folder or bag), then the report and plots."""
-    localizer = Localizer.from_paths(str(args.map), config.localizer)
-    warn_top_k(localizer, ns)
-    gt = ground_truth_for(args, localizer.refmap, queries)
-    localizer.localize(queries.load_image(0))  # warm-up: first-run allocations are not query latency
-    localizer.reset_sequence()
-    t0 = time.perf_counter()
-    hyps = run_queries(localizer, queries, progress=not args.quiet)
-    wall = time.perf_counter() - t0
-    names = queries.frames.names
-    results = [query_result(n, h) for n, h in zip(names, hyps, strict=True)]
-    score_kind = args.pr_score or config.loop_closure.score
-    seq = localizer.config.sequence
-    # Offline, queries and map are separate recordings whose stamps are unrelated (or file indices), so the
-    # temporal exclusion window -- meant for a map built online by the same robot -- is not applied.
-    gate = LoopClosureGate(dataclasses.replace(config.loop_closure, exclusion_window=0.0), localizer.refmap.frames,
-                           localizer.config.confidence_radius)
-    rerank = localizer.reranker
-    info = {
-        "map": str(args.map), **info, "encoder": localizer.refmap.encoder,
-        "providers": localizer.encoder.providers,
-        "config": {"top_k": localizer.config.top_k, "rerank": {
-            **config_to_dict(localizer.config.rerank),
-            "active": rerank.spec.preset if rerank is not None else "none",
-            "patches": rerank.spec.describe() if rerank is not None else None}},
-        "sequence": {"method": seq.method, "length": seq.length, "search": seq.search},
-        "loop_closures": {**gated_loop_closures(hyps, gate, gt), "gate": config_to_dict(config.loop_closure)},
-        "dist_threshold_m": args.dist_threshold if args.ground_truth is None and args.index_tolerance is None
-        else None, "index_tolerance": args.index_tolerance, "angle_threshold_deg": args.angle_threshold,
-        "wall_time_s": wall, "frames_per_second": len(results) / wall if wall > 0 else float("nan")}
-    curves = {"pipeline": results_precision_recall(results, gt, score_kind)}
-    if localizer.sequence is not None:
-        single = [query_result(n, h.single) for n, h in zip(names, hyps, strict=True) if h.single is not None]
-        info["single_frame"] = recall_summary(single, gt, ns, score_kind)
-        curves = {"single frame": results_precision_recall(single, gt, score_kind),
-                  f"{seq.method}, {seq.length} frames": curves["pipeline"]}
-    return write_evaluation(results, gt, args.out, localizer.refmap.frames, queries.frames, ns, info=info,
-                            plots=not args.no_plots, load_query=queries.load_image,
-                            load_ref=ref_image_loader(localizer.refmap), title=title, score_kind=score_kind,
-                            curves=curves)
-
-
-def warn_top_k(localizer: Localizer, ns: tuple[int, ...]) -> None:
-    if localizer.config.top_k < max(ns):
-        log.warning("localizer.top_k=%d < max N=%d: recall@N above top_k equals recall@top_k",
-                    localizer.config.top_k, max(ns))
+    replay = LiveReplayOptions(
+        params_file=resolve_path(args.config, what="config file") if args.config else None,
+        parameters=[f"{item.partition('=')[0].strip()}:={item.partition('=')[2]}" for item in args.set],
+        rate=args.rate, drain_timeout=args.drain_timeout, log_path=args.node_log)
+    return replay_and_score(args.map, queries, rule, config, replay, args.out)
 
 
 def entry_point() -> None:

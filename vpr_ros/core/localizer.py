@@ -103,10 +103,6 @@ class Hypothesis:
     def best_index(self) -> int:
         return int(self.indices[0])
 
-    @property
-    def best_id(self) -> int:
-        return int(self.ids[0])
-
 
 class StageTimer:
     """Wall time per named pipeline stage, in milliseconds, plus ``total``."""

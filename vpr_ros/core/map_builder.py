@@ -45,6 +45,7 @@ from vpr_ros.core.vlad import (
     kmeans_vocabulary,
     local_descriptors,
 )
+from vpr_ros.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,10 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
     if len(source) == 0:
-        raise ValueError("no frames to map")
+        raise InputError("no frames to map")
     ids, counts = np.unique(source.frames.ids, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
+        raise InputError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
     encoder = encoder or make_encoder(config.encoder)
     size = input_size(config, encoder, source.load_image(0).shape[:2])
 
@@ -293,7 +294,7 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
         # A Patch-NetVLAD store describes itself in the manifest: grow it with the same configuration.
         extractors.append(patch_extractor(stored_spec(refmap), config.patches.strategy))
     if refmap.arrays and not extractors:
-        raise ValueError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the extractors "
+        raise InputError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the extractors "
                          "that made them")
 
     work = map_path.parent / f".{map_path.name}.append.partial"
@@ -303,7 +304,7 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
     merged = encode_in_chunks(subset, encoder, refmap.head, size, work, config.chunk_size, extractors, progress)
     descriptors = merged.pop("descriptors")
     if set(merged) != set(refmap.arrays):
-        raise ValueError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
+        raise InputError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
                          f"{sorted(refmap.arrays)}")
     refmap.append(frames, descriptors, merged)
     refmap.provenance.setdefault("appended", []).append(

@@ -33,7 +33,7 @@ from vpr_ros.config import setting
 from vpr_ros.core.files import sha256_file
 from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.vlad import VladHead
-from vpr_ros.errors import MapError
+from vpr_ros.errors import InputError, MapError
 
 FORMAT_NAME = "vpr_ros.reference_map"
 FORMAT_VERSION = 1
@@ -111,7 +111,7 @@ class ReferenceMap:
             raise ValueError(f"appended descriptors must be ({len(frames)}, {self.dim}), got {descriptors.shape}")
         clash = np.intersect1d(frames.ids, self.frames.ids)
         if clash.size:
-            raise ValueError(f"frame ids already in the map: {clash[:5].tolist()}")
+            raise InputError(f"frame ids already in the map: {clash[:5].tolist()}")
         self.frames = FrameTable.concatenate([self.frames, frames])
         self.descriptors = np.concatenate([self.descriptors, descriptors])
         for name, extra in (arrays or {}).items():
@@ -268,7 +268,7 @@ def build_index(descriptors: np.ndarray, config: IndexConfig) -> Any:
     try:
         index = faiss.index_factory(d, config.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build index {config.factory!r}: {exc}") from None
+        raise InputError(f"FAISS cannot build index {config.factory!r}: {exc}") from None
     if not index.is_trained:
         index.train(np.ascontiguousarray(descriptors))
     index.add(np.ascontiguousarray(descriptors))

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 BAG_KINDS = {".bag": "ROS 1", ".db3": "ROS 2 (sqlite3)", ".mcap": "ROS 2 (MCAP)"}
 
 
-class BagError(InputError, ValueError):
+class BagError(InputError):
     """A bag cannot be read, lacks a topic, or holds the wrong message type on it; the message says which."""
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.errors import InputError
+
 STORAGES = ("sqlite3", "mcap", "ros1")
 POSE_KINDS = {"pose": "geometry_msgs/msg/PoseStamped",
               "pose_cov": "geometry_msgs/msg/PoseWithCovarianceStamped",
@@ -44,10 +46,10 @@ class BagWriter:
         from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
         if storage not in STORAGES:
-            raise ValueError(f"bag storage {storage!r} is not one of {list(STORAGES)}")
+            raise InputError(f"bag storage {storage!r} is not one of {list(STORAGES)}")
         self.path = Path(path)
         if storage == "ros1" and self.path.suffix != ".bag":
-            raise ValueError(f"{self.path}: ROS 1 bags must be named *.bag")
+            raise InputError(f"{self.path}: ROS 1 bags must be named *.bag")
         if self.path.exists():
             raise FileExistsError(f"{self.path} already exists")
         self.storage = storage
@@ -178,7 +180,7 @@ class BagWriter:
         """One pose as PoseStamped (``pose``), PoseWithCovarianceStamped (``pose_cov``) or Odometry."""
         t = self.typestore.types
         if kind not in POSE_KINDS:
-            raise ValueError(f"pose kind {kind!r} is not one of {list(POSE_KINDS)}")
+            raise InputError(f"pose kind {kind!r} is not one of {list(POSE_KINDS)}")
         pose = self._pose(position, orientation)
         header = self.header(stamp, frame_id, stamp_ns)
         cov = t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36))

@@ -38,7 +38,7 @@ _ENCODINGS: dict[str, tuple[int, Any, int | None]] = {
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
 
 
-class ImageDecodeError(InputError, ValueError):
+class ImageDecodeError(InputError):
     """An image message cannot be turned into an RGB image. ``kind`` groups errors for diagnostics."""
 
     def __init__(self, kind: str, message: str) -> None:

@@ -39,7 +39,7 @@ HEADERLESS = {
 }
 
 
-class PoseFileError(InputError, ValueError):
+class PoseFileError(InputError):
     """A pose file cannot be read; the message names the file and line."""
 
 
@@ -212,7 +212,7 @@ def interpolate_poses(table: PoseTable, stamps: np.ndarray, max_gap: float = np.
     ts, pos, ori = table.stamps[order], table.positions[order], table.orientations[order]
     stamps = np.asarray(stamps, dtype=np.float64)
     if len(ts) == 0:
-        raise ValueError("no poses to interpolate")
+        raise InputError("no poses to interpolate")
     if len(ts) == 1:
         ok = np.abs(stamps - ts[0]) <= max_extrapolation
         return (np.where(ok[:, None], pos[0], np.nan), np.where(ok[:, None], ori[0], np.nan), ok)

@@ -21,10 +21,10 @@ import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 
-from vpr_ros.cli.evaluate import ref_image_loader
 from vpr_ros.core.image import load_rgb
 from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.core.refmap import ReferenceMap
+from vpr_ros.eval.evaluate import ref_image_loader
 from vpr_ros.eval.ground_truth import positives_from_vpr_bench
 from vpr_ros.eval.plots import plot_evaluation, plot_latency
 from vpr_ros.eval.report import QueryResult, build_report, summary_line, write_json

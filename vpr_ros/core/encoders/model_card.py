@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from vpr_ros.errors import InputError
+
 MODEL_CARD_VERSION = 1
 MODEL_KINDS = ("backbone", "netvlad", "global")
 
@@ -43,12 +45,12 @@ class ModelCard:
         try:
             version = int(raw.get("format_version", 0))
             if version != MODEL_CARD_VERSION:
-                raise ValueError(f"format_version {version}, this vpr_ros reads {MODEL_CARD_VERSION}")
+                raise InputError(f"format_version {version}, this vpr_ros reads {MODEL_CARD_VERSION}")
             kind = str(raw.get("kind", "backbone"))
             if kind not in MODEL_KINDS:
-                raise ValueError(f"kind {kind!r} is not one of {list(MODEL_KINDS)}")
+                raise InputError(f"kind {kind!r} is not one of {list(MODEL_KINDS)}")
             if kind == "netvlad" and "head_file" not in raw:
-                raise ValueError("a 'netvlad' model needs 'head_file' (the .npz with its trained head)")
+                raise InputError("a 'netvlad' model needs 'head_file' (the .npz with its trained head)")
             return cls(
                 id=str(raw["id"]), kind=kind, onnx_file=str(raw["onnx_file"]),
                 onnx_sha256=str(raw["onnx_sha256"]), input_name=str(raw["input"]["name"]),
@@ -57,4 +59,4 @@ class ModelCard:
                 default_size=(int(raw["input"]["default_size"][0]), int(raw["input"]["default_size"][1])),
                 raw=raw)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"model card {path} is malformed: {exc}") from None
+            raise InputError(f"model card {path} is malformed: {exc}") from None

@@ -26,6 +26,7 @@ from vpr_ros.core.files import sha256_file
 from vpr_ros.core.image import to_network_input
 from vpr_ros.core.paths import resolve_path
 from vpr_ros.core.vlad import VladHead
+from vpr_ros.errors import InputError
 
 
 def _providers(device: str) -> list[str]:
@@ -59,7 +60,7 @@ class OnnxEncoder:
         self.card = ModelCard.load(self.model_path.with_suffix(".yaml"))
         self.sha256 = sha256_file(self.model_path)
         if self.sha256 != self.card.onnx_sha256:
-            raise ValueError(
+            raise InputError(
                 f"{self.model_path}: sha256 {self.sha256[:12]}... does not match its model card "
                 f"({self.card.onnx_sha256[:12]}...): the file was changed or the card is stale")
         options = ort.SessionOptions()
@@ -83,7 +84,7 @@ class OnnxEncoder:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: head file named by the model card of {self.model_path} is missing")
         if expected and sha256_file(path) != expected:
-            raise ValueError(f"{path}: sha256 does not match the model card (file changed or card stale)")
+            raise InputError(f"{path}: sha256 does not match the model card (file changed or card stale)")
         with np.load(path) as npz:
             return VladHead.from_arrays(dict(npz))
     @property

@@ -30,6 +30,7 @@ from vpr_ros.config import setting
 from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, make_grids, patch_descriptors
 from vpr_ros.core.patchnetvlad.presets import ENCODINGS, PRESETS, scale_sizes
 from vpr_ros.core.vlad import VladHead
+from vpr_ros.errors import InputError
 
 PATCH_STORE_VERSION = 1
 SECTION = "patches"
@@ -116,16 +117,16 @@ class PatchSpec:
         try:
             version = int(section.get("format_version", 0))
             if version != PATCH_STORE_VERSION:
-                raise ValueError(f"patch store version {version}, this vpr_ros reads {PATCH_STORE_VERSION}")
+                raise InputError(f"patch store version {version}, this vpr_ros reads {PATCH_STORE_VERSION}")
             grids = make_grids(section["sizes"], section["strides"], tuple(section["feature_hw"]),
                                int(section["pixel_stride"]))
             encoding = str(section["encoding"])
             if encoding not in ENCODINGS:
-                raise ValueError(f"encoding {encoding!r} is not one of {list(ENCODINGS)}")
+                raise InputError(f"encoding {encoding!r} is not one of {list(ENCODINGS)}")
             return cls(str(section["preset"]), tuple(grids), tuple(float(w) for w in section["weights"]),
                        int(section["dim"]), encoding)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: malformed '{SECTION}' section ({exc})") from None
+            raise InputError(f"{where}: malformed '{SECTION}' section ({exc})") from None
 
 
 def feature_grid(input_hw: tuple[int, int], pixel_stride: int) -> tuple[int, int]:
@@ -211,7 +212,7 @@ def check_store(spec: PatchSpec, arrays: dict[str, np.ndarray], frames: int, whe
         name = spec.array_name(grid)
         expected = (frames, grid.count, spec.dim)
         if name not in arrays:
-            raise ValueError(f"{where}: patch store array {name} is missing")
+            raise InputError(f"{where}: patch store array {name} is missing")
         if tuple(arrays[name].shape) != expected or arrays[name].dtype != dtype:
-            raise ValueError(f"{where}: {name} is {arrays[name].dtype}{tuple(arrays[name].shape)}, the manifest "
+            raise InputError(f"{where}: {name} is {arrays[name].dtype}{tuple(arrays[name].shape)}, the manifest "
                              f"says {np.dtype(dtype).name}{expected}")

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.errors import InputError
 from vpr_ros.eval.ground_truth import positives_within
 from vpr_ros.io.datasets.common import (
     Frame,
@@ -65,7 +66,7 @@ def read_table(path: Path, required: tuple[str, ...]) -> dict[str, dict[str, str
         return {}
     missing = [c for c in ("key", *required) if c not in rows[0]]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (has {list(rows[0])})")
+        raise InputError(f"{path}: missing column(s) {missing} (has {list(rows[0])})")
     return {r["key"]: r for r in rows}
 
 
@@ -167,7 +168,7 @@ def convert_msls(root: str | Path, out: str | Path, cities: list[str] | None = N
     """Convert the cities (default: all found) to ``<out>/<city>/``; returns ``<out>/dataset.yaml``'s content."""
     root, out = Path(root), Path(out)
     if seq_length < 3 or seq_length % 2 == 0:
-        raise ValueError(f"sequence length {seq_length}: MSLS sequences have an odd length >= 3 (a centre frame)")
+        raise InputError(f"sequence length {seq_length}: MSLS sequences have an odd length >= 3 (a centre frame)")
     summary: dict[str, Any] = {"dataset": "Mapillary Street-Level Sequences (Warburg et al., CVPR 2020)",
                                "source": str(root), "cities": {}}
     for city, folder in city_dirs(root, cities).items():
