@@ -107,7 +107,7 @@ def test_localizer_recall_on_corridor(corridor_map, corridor, corridor_ground_tr
 
 
 def run_cli(exe: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", f"vpr_ros.nodes.{exe}", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"vpr_ros.cli.{exe}", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 
