@@ -20,7 +20,7 @@ from vpr_ros.io.datasets.nordland_partitions import PATCHNETVLAD_TEST
 from vpr_ros.io.datasets.robotcar import demosaic
 from vpr_ros.io.poses import read_pose_file
 from vpr_ros.io.transforms import ned_to_enu, rotation_angle_deg
-from vpr_ros.nodes import build_map, convert, evaluate
+from vpr_ros.cli import build_map, convert, evaluate
 
 
 def cli(main, *argv: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 from samples import write_corridor_bag
 
 from vpr_ros.cli.common import run_cli
-from vpr_ros.nodes import evaluate
+from vpr_ros.cli import evaluate
 
 pytestmark = pytest.mark.ros
 pytest.importorskip("rclpy")
