@@ -22,12 +22,12 @@ sys.path.insert(0, str(REPO / "test"))  # the sample writers the tests use
 from samples import write_corridor_bag  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
+from vpr_ros.cli import evaluate  # noqa: E402
 from vpr_ros.cli.common import run_cli  # noqa: E402
 from vpr_ros.core.map_builder import BuildMapConfig, build_map  # noqa: E402
 from vpr_ros.io.bag_writer import BagWriter  # noqa: E402
 from vpr_ros.io.bags import bag_frame_source  # noqa: E402
 from vpr_ros.io.images import folder_source  # noqa: E402
-from vpr_ros.nodes import evaluate  # noqa: E402
 
 RATES = (1.0, 3.0, 10.0)  # x the recorded 10 Hz
 
