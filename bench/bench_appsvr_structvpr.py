@@ -12,7 +12,7 @@ Label maps are the rule-based ones of :mod:`vpr_training.data.rule_labels` (colo
 segmenter), written to a temporary folder. Figures are validation recall@N of the best epoch (before PCA) and
 after the PCA-whitening fitted on 240 images. One seed; tiny data: differences of a few points are noise.
 
-    python -m bench appsvr_structvpr      # -> bench/results/appsvr_structvpr.json (~10 min on 2 busy cores)
+    python -m bench appsvr_structvpr      # -> bench/results/appsvr_structvpr.json
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ Writes ``bench/results/patch_rerank.json``:
 * ``recall``: corridor recall@1/5/10, global only vs each named configuration, at the default map input
   (320x240) and at 640x480 (storage vs recall).
 
-The timings are taken on a machine shared with other jobs (noted in the JSON); ratios measured in one
-process on the same inputs are the robust figures.
+Other work on the machine shifts the timings (the load average before and after the run is in the JSON);
+ratios measured in one process on the same inputs are the robust figures.
 """
 
 from __future__ import annotations
@@ -289,9 +289,9 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     report: dict[str, Any] = {
-        "note": "timings taken on a machine shared with other engineers' jobs (2 cores); compare ratios "
-                "measured in this one process on the same inputs; re-run `make bench` on a quiet machine",
-        "gpu": "no GPU was lent to this task; GPU re-ranking time not measured (official published figure: "
+        "note": "ratios measured in this one process on the same inputs are robust to other work on the "
+                "machine; absolute timings depend on it (see load)",
+        "gpu": "CPU only: this benchmark does not measure GPU re-ranking (official published figure: "
                "~950 ms per query for top-100 on an RTX A5000)",
     }
     started = time.perf_counter()

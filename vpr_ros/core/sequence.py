@@ -85,8 +85,8 @@ class SequenceConfig:
         "independent of the map size); full = every map frame (exact, cost grows with the map)",
         choices=("topk", "full"))
     frame_top_k: int = setting(
-        50, "per-frame candidates retrieved for seqslam (topk search) and seq2im_min; seqslam over 10 frames "
-        "on Nordland (CNN): recall@1 0.815 with 20, 0.839 with 50, 0.846 with 100, 0.845 full search", min=1)
+        50, "per-frame candidates retrieved for seqslam (topk search) and seq2im_min; more come closer to "
+        "seqslam's full search, at a higher cost", min=1)
     vote_k: int = setting(5, "seq2im_mode: nearest map frames each frame of the sequence votes for", min=1)
 
     def __post_init__(self) -> None:

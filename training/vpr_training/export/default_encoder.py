@@ -28,7 +28,6 @@ from torch import nn
 
 from vpr_training.backbones.efficientnet_lite import (
     BN_EPS,
-    DETERMINATION_EVIDENCE,
     INPUT_NORMALISATION,
     EfficientNetLite0,
     Normalise,
@@ -227,10 +226,6 @@ def build_card(
         "imagenet_sanity": {
             "preprocessing": f"central {CENTRE_CROP_FRACTION:g} crop, {CLASSIFY_SIZE}x{CLASSIFY_SIZE}",
             "images": sanity,
-            "determination": {
-                "test": "108 labelled crops of real photos (Tokyo street objects, Grace Hopper)",
-                "top1_and_mean_p_true": {k: list(v) for k, v in DETERMINATION_EVIDENCE.items()},
-            },
         },
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -68,7 +68,7 @@ class OnnxEncoder:
             options.intra_op_num_threads = self.config.threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No busy-waiting between operators: spinning ONNX Runtime threads starve the BLAS threads of the
-        # VLAD / re-ranking stages on small machines (measured on 2 cores: p95 latency 40 ms -> 8 ms).
+        # VLAD / re-ranking stages on small machines and raise the latency.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.model_path), options,
                                             providers=_providers(self.config.device))
