@@ -94,44 +94,50 @@ def corridor_rule_labels(tmp_path_factory: pytest.TempPathFactory, corridor: Pat
 
 
 @pytest.fixture
+def graph():
+    """A :class:`~vpr_ros.nodes.harness.RosGraph` of the test's own (rclpy context, 4 executor threads), entered;
+    every node started on it is stopped and the context shut down when the test ends."""
+    from vpr_ros.nodes.harness import RosGraph
+
+    with RosGraph(threads=4) as g:
+        yield g
+
+
+@pytest.fixture
+def start_localize(graph, default_model: Path):
+    """Start an in-process localize node on ``graph`` and its client; returns the LocalizeEndpoint once the
+    node answers. Defaults: the default model, /diagnostics every 0.2 s, the map must load (``require_map``);
+    further node parameters as keywords (dotted names through ``**{...}``)."""
+    from vpr_ros.nodes.harness import LocalizeLaunch
+
+    def start(map_path: Path, namespace: str, model: Path | str | None = None, require_map: bool = True,
+              **params):
+        launch = LocalizeLaunch({"map_path": str(map_path), "localizer.encoder.model": str(model or default_model),
+                                 "diagnostics_period": 0.2, **params}, namespace=namespace)
+        return graph.start_localize(launch, client_name=f"{namespace.strip('/')}_client", ready_timeout=30,
+                                    require_map=require_map)
+
+    return start
+
+
+@pytest.fixture
 def localize_via_node():
     """Run a real localize node (in-process, loopback DDS) with ``model`` on ``map_path``, publish ``images`` as
     sensor_msgs/Image one at a time and return the top-1 reference id of each answer (-1: no answer)."""
     from collections.abc import Sequence
 
+    from vpr_ros.core.image import load_rgb
+    from vpr_ros.nodes.harness import LocalizeLaunch, run_localize
+    from vpr_ros.nodes.replay import rgb_to_image_msg
+
     def run(map_path: Path, model: Path, images: Sequence[Path], namespace: str = "/vpr_model") -> list[int]:
-        import threading
-
-        import rclpy
-        from rclpy.executors import MultiThreadedExecutor
-        from rclpy.parameter import Parameter
-
-        from vpr_ros.core.image import load_rgb
-        from vpr_ros.nodes.localize import LocalizeNode
-        from vpr_ros.nodes.replay import LocalizeClient, rgb_to_image_msg
-
-        rclpy.init()
-        executor = MultiThreadedExecutor(num_threads=4)
-        node = LocalizeNode(namespace=namespace, parameter_overrides=[
-            Parameter("map_path", value=str(map_path)), Parameter("localizer.encoder.model", value=str(model)),
-            Parameter("diagnostics_period", value=0.2)])
-        client = LocalizeClient(node_namespace=f"{namespace}/localize", image_topic=f"{namespace}/image")
-        for n in (node, client):
-            executor.add_node(n)
-        thread = threading.Thread(target=executor.spin, daemon=True)
-        thread.start()
-        try:
-            assert client.wait_until_ready(30), "the localize node never came up"
+        launch = LocalizeLaunch({"map_path": str(map_path), "localizer.encoder.model": str(model),
+                                 "diagnostics_period": 0.2}, namespace=namespace)
+        with run_localize(launch, threads=4, ready_timeout=30) as localize:
             top1 = []
             for i, path in enumerate(images):
-                answer = client.send_and_wait(rgb_to_image_msg(load_rgb(path), 100.0 + i), timeout=30)
+                answer = localize.client.send_and_wait(rgb_to_image_msg(load_rgb(path), 100.0 + i), timeout=30)
                 top1.append(int(answer.ref_ids[0]) if answer is not None else -1)
             return top1
-        finally:
-            executor.shutdown()
-            node.shutdown()
-            node.destroy_node()
-            client.destroy_node()
-            rclpy.try_shutdown()
 
     return run

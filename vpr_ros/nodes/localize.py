@@ -157,10 +157,18 @@ class LocalizeNode(Node):
         self.slot.put((msg, time.perf_counter()))
 
     def _work(self) -> None:
-        while rclpy.ok() and not self.slot.closed:
+        while self.context.ok() and not self.slot.closed:
             item = self.slot.take(timeout=0.5)
-            if item is not None:
+            if item is None:
+                continue
+            try:
                 self.process(*item)
+            except Exception:
+                if self.context.ok():
+                    raise
+                # SIGINT shuts the context down (rclpy's handler) before main() can stop this thread; the frame
+                # in flight has nowhere left to be published, so stop quietly instead of dying on the publish.
+                return
 
     def process(self, msg: Any, received_at: float) -> None:
         """Decode, localize and publish one frame; every failure is counted and reported."""
