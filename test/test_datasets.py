@@ -11,6 +11,7 @@ import pytest
 import yaml
 from samples import gbrg_mosaic, make_msls_root, make_robotcar_run, robotcar_truth
 
+from vpr_ros.cli import build_map, convert, evaluate
 from vpr_ros.cli.common import run_cli
 from vpr_ros.core.image import load_rgb
 from vpr_ros.io.bag_reader import Bag
@@ -20,7 +21,6 @@ from vpr_ros.io.datasets.nordland_partitions import PATCHNETVLAD_TEST
 from vpr_ros.io.datasets.robotcar import demosaic
 from vpr_ros.io.poses import read_pose_file
 from vpr_ros.io.transforms import ned_to_enu, rotation_angle_deg
-from vpr_ros.nodes import build_map, convert, evaluate
 
 
 def cli(main, *argv: str) -> None:
