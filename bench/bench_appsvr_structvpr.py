@@ -42,8 +42,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "training"))
     import torch
 
-    from vpr_ros.config import load_config
-    from vpr_training.config import TrainConfig
+    from vpr_training.config import load_train_config
     from vpr_training.data.rule_labels import write_rule_based_label_maps
     from vpr_training.structvpr_partition import compute_partition
     from vpr_training.trainer import Trainer
@@ -57,7 +56,7 @@ def main() -> None:
         write_rule_based_label_maps(REPO / "data" / "nordland_part1", labels, progress=False)
 
         def run(name: str, config: str, **overrides: Any) -> Any:
-            cfg = load_config(TrainConfig, CONFIGS / config, {"train.root": root, "val.root": root, **overrides})
+            cfg = load_train_config(CONFIGS / config, {"train.root": root, "val.root": root, **overrides})
             t0 = time.perf_counter()
             result = Trainer(cfg, tmp / name, progress=False).run()
             row = {"model": name, "config": config, "overrides": {k: str(v) for k, v in overrides.items()},

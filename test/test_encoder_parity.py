@@ -36,6 +36,7 @@ pytest.importorskip("vpr_training")
 
 pytestmark = pytest.mark.torch
 
+from vpr_ros.core.files import sha256_file  # noqa: E402
 from vpr_training.backbones.efficientnet_lite import EfficientNetLite0, load_pretrained_lite0  # noqa: E402
 from vpr_training.export import default_encoder as de  # noqa: E402
 
@@ -155,7 +156,7 @@ class TestEncoderParity:
     ) -> None:
         again = tmp_path / "again.onnx"
         de.export_backbone_onnx(model, again, block=10)
-        assert de.sha256_file(again) == de.sha256_file(exported["backbone"])
+        assert sha256_file(again) == sha256_file(exported["backbone"])
 
 
 class TestExportCli:
@@ -172,7 +173,7 @@ class TestExportCli:
         )
         card = yaml.safe_load((tmp_path / "efficientnet_lite0_b10.yaml").read_text())
         assert card["id"] == "efficientnet_lite0_b10" and card["kind"] == "backbone"
-        assert card["onnx_sha256"] == de.sha256_file(tmp_path / card["onnx_file"])
+        assert card["onnx_sha256"] == sha256_file(tmp_path / card["onnx_file"])
         assert card["input"]["default_size"] == [480, 640] and card["input"]["range"] == [0, 255]
         assert card["output"] == {"name": "features", "channels": 112, "stride": 16}
         assert card["parity"]["images"] == 2 and card["parity"]["max_abs_diff"] < FEATURES_MAX_ABS

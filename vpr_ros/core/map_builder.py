@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict, section, setting
 from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.files import atomic_savez
 from vpr_ros.core.frames import FrameSource, FrameTable
 from vpr_ros.core.patchnetvlad.rerank import stored_spec
 from vpr_ros.core.patchnetvlad.store import SECTION as PATCH_SECTION
@@ -170,7 +171,7 @@ def encode_in_chunks(source: FrameSource, encoder: Encoder, head: VladHead | Non
                 for name, arr in extract(feats, head).items():
                     outputs.setdefault(name, []).append(arr)
             bar.update(b1 - b0)
-        _atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
+        atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
     bar.close()
 
     parts: dict[str, list[np.ndarray]] = {}
@@ -223,7 +224,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
             head = VladHead.from_arrays(dict(npz))
     else:
         head = fit_head(source, encoder, size, config.vlad, progress)
-        _atomic_savez(head_file, head.to_arrays())
+        atomic_savez(head_file, head.to_arrays())
 
     sections = dict(sections or {})
     extractors = list(extractors)
@@ -312,9 +313,3 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
     refmap.save(map_path, overwrite=True)
     shutil.rmtree(work, ignore_errors=True)
     return ReferenceMap.load(map_path), len(frames)
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)

@@ -8,12 +8,8 @@ sequence answers. Queries are any :class:`vpr_ros.core.frames.FrameSource`: an i
 (:func:`vpr_ros.io.images.folder_source`) or a bag (:func:`vpr_ros.io.bags.bag_frame_source`); a plain path is
 read as an image folder.
 
-Example (the shipped corridor data; ``make demo`` builds the map)::
-
-    from vpr_ros.eval import run
-    report = run("out/demo/map", "data/corridor/query", "data/corridor/ground_truth_new.npy")
-    print(report.summary())                  # R@1 0.928  R@5 ...  latency ...
-    report.recall(1)                         # 0.928...
+README's "Python API" section shows a notebook use on the shipped corridor data; ``test/test_eval_library.py``
+runs that example and checks it against the ``evaluate`` CLI.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vpr_ros.core.encoders.base import Encoder, EncoderConfig
-from vpr_ros.core.encoders.model_card import MODEL_CARD_VERSION, MODEL_KINDS, ModelCard
+from vpr_ros.core.encoders.model_card import MODEL_CARD_VERSION, MODEL_KINDS, ModelCard, write_model_card
 from vpr_ros.core.encoders.onnx import OnnxEncoder
 from vpr_ros.core.encoders.thumbnail import ThumbnailEncoder
 
 __all__ = ["ENCODER_FACTORIES", "MODEL_CARD_VERSION", "MODEL_KINDS", "Encoder", "EncoderConfig", "ModelCard",
-           "OnnxEncoder", "ThumbnailEncoder", "make_encoder"]
+           "OnnxEncoder", "ThumbnailEncoder", "make_encoder", "write_model_card"]
 
 
 def _thumbnail_encoder(config: EncoderConfig) -> Encoder:
