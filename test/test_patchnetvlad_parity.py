@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("patchnetvlad")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "training") not in sys.path:
     sys.path.insert(0, str(REPO / "training"))

