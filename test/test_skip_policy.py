@@ -99,3 +99,21 @@ def test_an_unknown_capability_fails_the_test(project: pytest.Pytester):
     result = project.runpytest_subprocess()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*unknown capability; test/capabilities.py lists gpu, system_ros2*"])
+
+
+def test_a_docstring_example_that_never_runs_fails_the_run(project: pytest.Pytester):
+    """``# doctest: +SKIP`` on every line of an example makes pytest skip it: that is not a capability."""
+    project.makepyfile(library='''
+        def double(x):
+            """Twice ``x``.
+
+            >>> double(2)  # doctest: +SKIP
+            4
+            """
+            return 2 * x
+    ''')
+    result = project.runpytest_subprocess("--doctest-modules")
+    result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        ["[[]NOT ALLOW-LISTED[]] library.py::library.double: all tests skipped by +SKIP option"])

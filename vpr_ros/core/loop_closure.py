@@ -75,9 +75,10 @@ class LoopClosureGate:
     """Applies :class:`LoopClosureConfig` to the stream of hypotheses of one camera (thread-safe: the node
     resets it from a service callback while its worker thread updates it).
 
-    Example:
-        >>> gate = LoopClosureGate(LoopClosureConfig(min_score=0.2), refmap.frames, 5.0)  # doctest: +SKIP
-        >>> closure = gate.update(hypothesis)   # a LoopClosure or None                     # doctest: +SKIP
+    The localize node feeds it every answer of the localizer::
+
+        gate = LoopClosureGate(LoopClosureConfig(min_score=0.2), refmap.frames, confidence_radius=5.0)
+        closure = gate.update(hypothesis)   # a LoopClosure once the gate opens, else None
     """
 
     def __init__(self, config: LoopClosureConfig, frames: FrameTable, confidence_radius: float) -> None:

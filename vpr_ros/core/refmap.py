@@ -52,9 +52,24 @@ class IndexConfig:
 class ReferenceMap:
     """Frames, global descriptors and search index of one mapped environment.
 
+    Usually built by :func:`vpr_ros.core.map_builder.build_map` and opened with :meth:`load`; in memory, from the
+    shipped corridor reference images and a weights-free thumbnail encoder:
+
     Example:
-        >>> m = ReferenceMap.load("out/corridor_map")              # doctest: +SKIP
-        >>> sims, idx = m.search(query_descriptors, k=10)           # doctest: +SKIP
+        >>> from vpr_ros.core.encoders import EncoderConfig, make_encoder
+        >>> from vpr_ros.core.image import load_rgb
+        >>> from vpr_ros.core.paths import resolve_path
+        >>> from vpr_ros.io.images import folder_source
+        >>> ref = folder_source(resolve_path("data/corridor/ref"), resolve_path("data/corridor/ref_poses.csv"))
+        >>> encoder = make_encoder(EncoderConfig(model="thumbnail:64x32,patch=8"))
+        >>> descriptors = encoder.features([ref.load_image(i) for i in range(len(ref))], 32, 64)
+        >>> m = ReferenceMap(ref.frames, descriptors, head=None, encoder=encoder.describe(), input_size=(32, 64))
+        >>> len(m), m.dim
+        (111, 2048)
+        >>> query = encoder.features([load_rgb(resolve_path("data/corridor/query/0000042.jpg"))], 32, 64)
+        >>> sims, rows = m.search(query, k=3)   # query 42 is at reference 42 +- 2 (ground truth)
+        >>> m.frames.names[rows[0, 0]]
+        '0000044.jpg'
     """
 
     frames: FrameTable

@@ -390,9 +390,11 @@ class SequenceResult:
 class SequenceMatcher:
     """Keeps the query sequence of one camera and fuses each new frame with it (the ``sequence`` stage).
 
-    Example:
-        >>> matcher = SequenceMatcher(SequenceConfig(method="seqslam"), map_descriptors, 5)  # doctest: +SKIP
-        >>> result = matcher.fuse(descriptor, rows, scores, stamp=12.5)                   # doctest: +SKIP
+    The localizer owns one per camera; per query frame it passes the frame's descriptor and its single-frame
+    candidates (map rows and scores), and gets the sequence answer::
+
+        matcher = SequenceMatcher(SequenceConfig(method="seqslam"), refmap.descriptors, top_k=5)
+        result = matcher.fuse(descriptor, rows, scores, stamp=12.5)   # SequenceResult: rows, scores, frames
     """
 
     def __init__(self, config: SequenceConfig, descriptors: np.ndarray, top_k: int) -> None:

@@ -70,9 +70,20 @@ def header_stamp_ns(raw: bytes | memoryview, ros1: bool) -> int | None:
 class Bag:
     """An open bag (any format rosbags reads) with errors translated into :class:`BagError`.
 
-    Example:
-        >>> with Bag("run1") as bag:                                       # doctest: +SKIP
+    Example (a bag of two corridor frames):
+        >>> import tempfile
+        >>> from vpr_ros.core.image import load_rgb
+        >>> from vpr_ros.core.paths import resolve_path
+        >>> from vpr_ros.io.bag_writer import BagWriter
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> rgb = load_rgb(resolve_path("data/corridor/ref/0000000.jpg"))
+        >>> with BagWriter(Path(tmp.name) / "run1", storage="sqlite3") as writer:
+        ...     writer.write_image("/camera/image_raw", 12.5, rgb)
+        ...     writer.write_image("/camera/image_raw", 13.5, rgb)
+        >>> with Bag(Path(tmp.name) / "run1") as bag:
         ...     print(bag.describe_topics())
+        topics in this bag: /camera/image_raw (sensor_msgs/msg/Image, 2 msgs)
+        >>> tmp.cleanup()
     """
 
     def __init__(self, path: str | Path) -> None:

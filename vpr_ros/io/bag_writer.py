@@ -9,10 +9,19 @@ header stamp unless given.
 A bag is written under a temporary name and renamed into place when closed without error, so an interrupted
 conversion never leaves a half-written bag under the final name.
 
-Example:
-    >>> with BagWriter("out/run1", storage="mcap") as bag:             # doctest: +SKIP
-    ...     bag.write_image("/camera/image_raw", 12.5, rgb)
-    ...     bag.write_pose("/pose", 12.5, [1.0, 2.0, 0.0], [0, 0, 0, 1])
+Example (three corridor frames with poses 1 m apart):
+    >>> import tempfile
+    >>> from vpr_ros.core.image import load_rgb
+    >>> from vpr_ros.core.paths import resolve_path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> with BagWriter(Path(tmp.name) / "run1", storage="mcap") as bag:
+    ...     for i in range(3):
+    ...         rgb = load_rgb(resolve_path(f"data/corridor/ref/{i:07d}.jpg"))
+    ...         bag.write_image("/camera/image_raw", 12.5 + i, rgb)
+    ...         bag.write_pose("/pose", 12.5 + i, [float(i), 0.0, 0.0], [0, 0, 0, 1])
+    >>> sorted(p.name for p in (Path(tmp.name) / "run1").iterdir())
+    ['metadata.yaml', 'run1_0.mcap']
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

@@ -12,10 +12,25 @@ earlier frame, so map building streams a bag of any size in two passes (vocabula
 Every failure names the bag and what is wrong: a corrupt or truncated file, a missing topic (listing the topics
 the bag has), a topic of the wrong message type (naming the accepted types), an undecodable image.
 
-Example:
-    >>> with bag_frame_source("run1", "/camera/image_raw/compressed",              # doctest: +SKIP
-    ...                       PoseSpec(topic="/odom"), FrameSelection(min_distance=2.0)) as source:
-    ...     build_map(source, "maps/run1")
+Example (a bag of three corridor frames 1 m apart, keeping frames at least 2 m apart):
+    >>> import tempfile
+    >>> from vpr_ros.core.image import load_rgb
+    >>> from vpr_ros.core.paths import resolve_path
+    >>> from vpr_ros.io.bag_poses import PoseSpec
+    >>> from vpr_ros.io.bag_writer import BagWriter
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> with BagWriter(Path(tmp.name) / "run1", storage="mcap") as writer:
+    ...     for i in range(3):
+    ...         rgb = load_rgb(resolve_path(f"data/corridor/ref/{i:07d}.jpg"))
+    ...         writer.write_image("/camera/image_raw", 12.5 + i, rgb)
+    ...         writer.write_pose("/odom", 12.5 + i, [float(i), 0.0, 0.0], [0, 0, 0, 1], kind="odometry")
+    >>> with bag_frame_source(Path(tmp.name) / "run1", "/camera/image_raw", PoseSpec(topic="/odom"),
+    ...                       FrameSelection(min_distance=2.0), progress=False) as source:
+    ...     print(len(source), source.frames.positions[:, 0].tolist(), source.load_image(1).shape)
+    2 [0.0, 2.0] (120, 160, 3)
+    >>> tmp.cleanup()
+
+``source`` is what :func:`vpr_ros.core.map_builder.build_map` maps.
 """
 
 from __future__ import annotations

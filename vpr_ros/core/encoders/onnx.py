@@ -45,10 +45,12 @@ def _providers(device: str) -> list[str]:
 class OnnxEncoder:
     """Runs an encoder ONNX model on RGB images.
 
-    Example:
-        >>> enc = OnnxEncoder(EncoderConfig())            # doctest: +SKIP
-        >>> feats = enc.features([rgb], 480, 640)         # doctest: +SKIP
-        >>> feats.shape                                   # doctest: +SKIP
+    Example (the default model, built by ``make models``, on a corridor frame resized to 480 x 640):
+        >>> from vpr_ros.core.image import load_rgb
+        >>> from vpr_ros.core.paths import resolve_path
+        >>> enc = OnnxEncoder(EncoderConfig(threads=1))
+        >>> rgb = load_rgb(resolve_path("data/corridor/query/0000000.jpg"))
+        >>> enc.features([rgb], 480, 640).shape
         (1, 112, 30, 40)
     """
 

@@ -181,10 +181,11 @@ def patch_descriptors(features: np.ndarray, head: VladHead, grids: Sequence[Patc
     Returns:
         one (B, n_p, P) float32 array per grid, L2-normalised rows, patches row-major.
 
-    Example:
-        >>> grids = make_grids((2, 5, 8), (1, 1, 1), (30, 40), 16)   # doctest: +SKIP
-        >>> [p.shape for p in patch_descriptors(feats, head, grids)]  # doctest: +SKIP
-        [(1, 1131, 4096), (1, 936, 4096), (1, 759, 4096)]
+    For one frame of (30, 40) features, patch sizes 2, 5, 8 at stride 1 and a 4096-d projection, the three
+    arrays are (1, 1131, 4096), (1, 936, 4096) and (1, 759, 4096)::
+
+        grids = make_grids((2, 5, 8), (1, 1, 1), (30, 40), 16)
+        patches = patch_descriptors(features, head, grids)
     """
     if head.projection is None or head.projection_bias is None:
         raise ValueError("patch descriptors need a head with a PCA / WPCA projection (vlad.pca_dim > 0); "

@@ -110,9 +110,10 @@ class RerankResult:
 class Reranker:
     """Re-ranks a query's candidates by Patch-NetVLAD patch matching against a map's patch store.
 
-    Example:
-        >>> rr = Reranker(refmap, spec, RerankConfig())                # doctest: +SKIP
-        >>> result = rr.rerank(query_features, candidate_rows)          # doctest: +SKIP
+    The localizer builds one for a map with a patch store and re-ranks each query's retrieval candidates::
+
+        reranker = Reranker(refmap, spec, RerankConfig())
+        result = reranker.rerank(query_features, candidate_rows)   # RerankResult: order, scores, per_scale
     """
 
     def __init__(self, refmap: ReferenceMap, spec: PatchSpec, config: RerankConfig | None = None) -> None:
