@@ -5,18 +5,16 @@ from __future__ import annotations
 import threading
 
 import pytest
+from rclpy.node import Node
 
-pytestmark = pytest.mark.ros
-
-pytest.importorskip("rclpy")
-from rclpy.node import Node  # noqa: E402
-
-from vpr_ros.nodes.harness import (  # noqa: E402
+from vpr_ros.nodes.harness import (
     LocalizeLaunch,
     RosGraph,
     parse_parameter_assignments,
     ros_argument_value,
 )
+
+pytestmark = pytest.mark.ros
 
 
 def test_parameter_values_keep_their_type_on_the_command_line():
