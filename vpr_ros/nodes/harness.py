@@ -13,10 +13,11 @@ spinning on a dead context. This module is that code, once.
 * :func:`run_localize` is the common case: one node and its client, as a context manager.
 * :class:`NodeProcess` is the node as its own process, also usable alone (e.g. to check how it exits).
 
-Example:
-    >>> launch = LocalizeLaunch({"map_path": "out/demo/corridor_map"}, namespace="/demo")  # doctest: +SKIP
-    >>> with run_localize(launch) as localize:  # doctest: +SKIP
-    ...     answer = localize.client.send_and_wait(rgb_to_image_msg(rgb, stamp=1.0))
+Typical use (test/test_localize_node.py runs it on the corridor map)::
+
+    launch = LocalizeLaunch({"map_path": "out/demo/corridor_map"}, namespace="/demo")
+    with run_localize(launch) as localize:
+        answer = localize.client.send_and_wait(rgb_to_image_msg(rgb, stamp=1.0))
 
 Shutdown order (as in ros2/demos): stop the node processes (SIGINT, the node's own clean exit), shut the
 executor down and join its thread, stop each in-process node's worker and destroy the nodes (newest first),
@@ -153,9 +154,10 @@ class NodeProcess:
     where it is not installed. The process inherits the environment (``ROS_DOMAIN_ID``) with DDS discovery on
     loopback unless the caller chose otherwise.
 
-    Example:
-        >>> with NodeProcess(["--params-file", "config/localize.yaml", "-p", "map_path:=m"]) as proc:  # doctest: +SKIP
-        ...     code = proc.wait(60)
+    Typical use::
+
+        with NodeProcess(["--params-file", "config/localize.yaml", "-p", "map_path:=m"]) as proc:
+            code = proc.wait(60)
     """
 
     def __init__(self, ros_args: Sequence[str], executable: str | None = None, log_path: Path | None = None) -> None:
