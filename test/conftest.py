@@ -102,6 +102,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
                             config: pytest.Config) -> None:
     ledger = config.stash[LEDGER]
     if not ledger.skips:
+        terminalreporter.write_line("skips: none (allow-list: test/capabilities.py)")
         return
     terminalreporter.section(f"skips ({len(ledger.skips)}; allow-list: test/capabilities.py)", sep="-")
     for skip in ledger.skips:
