@@ -84,9 +84,10 @@ class SequenceConfig:
         "topk", "seqslam: topk = score only the trajectories through each frame's FAISS top-k (cost "
         "independent of the map size); full = every map frame (exact, cost grows with the map)",
         choices=("topk", "full"))
+    # Chosen on the tuning split (bench/bench_defaults.py, bench/results/defaults.json).
     frame_top_k: int = setting(
-        50, "per-frame candidates retrieved for seqslam (topk search) and seq2im_min; more come closer to "
-        "seqslam's full search, at a higher cost", min=1)
+        10, "per-frame candidates retrieved for seqslam (topk search) and seq2im_min; more candidates come "
+        "closer to search: full, at a cost that grows with them", min=1)
     vote_k: int = setting(5, "seq2im_mode: nearest map frames each frame of the sequence votes for", min=1)
 
     def __post_init__(self) -> None:
