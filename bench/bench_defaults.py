@@ -12,14 +12,15 @@ order (each later step uses the values chosen before it):
    averaged over the thumbnail and the CNN encoder. Rule: cost grows with k, so the smallest k within
    ``TOP_K_TOLERANCE`` of the best k's recall@1.
 3. ``loop_closure.min_score`` (on the default ``confidence``, default gate, no exclusion window as in
-   ``evaluate`` offline): seqslam over 10 frames on the Nordland tuning segment, both encoders. Rule: the
-   smallest threshold of the grid from which on (it and every larger one) the gate publishes no wrong
-   loop closure for either encoder -- 100% precision on the tuning split.
+   ``evaluate`` offline) on the Nordland tuning segment, both encoders, for the default pipeline (single
+   frame, ``sequence.method: none``) and for seqslam over 10 frames. Rule: the smallest threshold of the
+   grid from which on (it and every larger one) the gate publishes no wrong loop closure for any encoder
+   and pipeline -- 100% precision on the tuning split, whatever the user runs of the two.
 
 The values chosen are written to ``bench/results/defaults.json`` (``chosen``, keyed by setting path);
 ``test/test_defaults_provenance.py`` checks that the typed defaults equal them.
 
-    python -m bench defaults    # 11 CPU-minutes: ~6-8 min on 2 idle cores (20 min on 2 cores shared by 5 jobs)
+    python -m bench defaults
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import gate_counts, write_result
+from bench.common import write_result
 from bench.splits import CORRIDOR, NORDLAND, RouteSplit
 from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.frames import FrameSource
@@ -41,6 +42,7 @@ from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig
 from vpr_ros.core.vlad import VladConfig
+from vpr_ros.eval.evaluate import gated_loop_closures
 from vpr_ros.eval.ground_truth import positives_by_index
 from vpr_ros.eval.metrics import recall_at_n
 
@@ -57,7 +59,7 @@ FIT_SEEDS = (0, 1, 2)
 FRAME_TOP_K = (10, 20, 50, 100)
 TOP_K_TOLERANCE = 0.005
 SEQUENCE = SequenceConfig(method="seqslam", length=10)
-MIN_SCORES = tuple(float(t) for t in np.round(np.arange(0.01, 0.305, 0.01), 2))
+MIN_SCORES = tuple(float(t) for t in np.round(np.arange(0.01, 0.505, 0.01), 2))
 
 
 def cached(source: FrameSource) -> FrameSource:
@@ -150,21 +152,24 @@ def frame_top_k_grid(maps: dict[str, tuple[ReferenceMap, Encoder, EncoderConfig]
 
 def min_score_grid(maps: dict[str, tuple[ReferenceMap, Encoder, EncoderConfig]], query: FrameSource,
                    frame_top_k: int) -> dict[str, Any]:
-    """Step 3: what the default gate publishes on the Nordland tuning segment at each min_score."""
-    sequence = dataclasses.replace(SEQUENCE, frame_top_k=frame_top_k)
+    """Step 3: what the default gate publishes on the Nordland tuning segment at each min_score, for the
+    default single-frame pipeline and for seqslam over 10 frames."""
+    pipelines = {"single frame (default)": SequenceConfig(),
+                 "seqslam 10": dataclasses.replace(SEQUENCE, frame_top_k=frame_top_k)}
     counts: dict[str, dict[str, list[int]]] = {}
     for name, (refmap, encoder, cfg) in maps.items():
-        localizer_config = LocalizerConfig(encoder=cfg, sequence=sequence)
-        hyps = run_queries(refmap, encoder, localizer_config, query)
-        positives = positives_by_index(len(hyps), refmap.frames.ids, NORDLAND.tolerance).positives
-        published, correct = [], []
-        for threshold in MIN_SCORES:
-            gate = LoopClosureGate(LoopClosureConfig(min_score=threshold, exclusion_window=0.0), refmap.frames,
-                                   localizer_config.confidence_radius)
-            p, c = gate_counts(hyps, positives, gate)
-            published.append(p)
-            correct.append(c)
-        counts[name] = {"published": published, "correct": correct}
+        for pipeline, sequence in pipelines.items():
+            localizer_config = LocalizerConfig(encoder=cfg, sequence=sequence)
+            hyps = run_queries(refmap, encoder, localizer_config, query)
+            truth = positives_by_index(len(hyps), refmap.frames.ids, NORDLAND.tolerance)
+            published, correct = [], []
+            for threshold in MIN_SCORES:
+                gate = LoopClosureGate(LoopClosureConfig(min_score=threshold, exclusion_window=0.0), refmap.frames,
+                                       localizer_config.confidence_radius)
+                gated = gated_loop_closures(hyps, gate, truth)
+                published.append(int(gated["published"]))
+                correct.append(int(gated["correct"]))
+            counts[f"{name} / {pipeline}"] = {"published": published, "correct": correct}
     wrong = np.array([np.subtract(c["published"], c["correct"]) for c in counts.values()]).sum(axis=0)
     clean_from = len(MIN_SCORES) - int(np.argmax(wrong[::-1] > 0)) if (wrong > 0).any() else 0
     if clean_from == len(MIN_SCORES):
@@ -173,10 +178,12 @@ def min_score_grid(maps: dict[str, tuple[ReferenceMap, Encoder, EncoderConfig]],
         i = clean_from
         print(f"  {name}: at {MIN_SCORES[i]:g}: {c['published'][i]} published, {c['correct'][i]} correct",
               flush=True)
-    return {"rule": "smallest threshold from which on the gate publishes no wrong loop closure (either encoder)",
+    return {"rule": "smallest threshold from which on the gate publishes no wrong loop closure (any encoder, "
+                    "single frame or seqslam 10)",
             "gate": {"score": LoopClosureConfig().score, "min_consecutive": LoopClosureConfig().min_consecutive,
                      "consistency_radius": LoopClosureConfig().consistency_radius, "exclusion_window": 0.0},
-            "sequence": {"method": sequence.method, "length": sequence.length, "frame_top_k": frame_top_k},
+            "pipelines": {name: {"method": seq.method, "length": seq.length, "frame_top_k": seq.frame_top_k}
+                          for name, seq in pipelines.items()},
             "grid": list(MIN_SCORES), "counts": counts, "wrong_total": wrong.tolist(),
             "chosen": {"loop_closure.min_score": MIN_SCORES[clean_from]}}
 

@@ -27,14 +27,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bench.common import gate_counts, write_result
+from bench.common import write_result
 from bench.splits import NORDLAND
 from vpr_ros.core.encoders import EncoderConfig, make_encoder
 from vpr_ros.core.localizer import Hypothesis, Localizer, LocalizerConfig, QueryFeatures
 from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.sequence import SequenceConfig, im2seq
-from vpr_ros.eval.ground_truth import positives_by_index
+from vpr_ros.eval.evaluate import gated_loop_closures
+from vpr_ros.eval.ground_truth import GroundTruth, positives_by_index
 from vpr_ros.eval.metrics import precision_recall
 
 ENCODERS = {
@@ -72,8 +73,8 @@ def summarise(hyps: list[Hypothesis], positives: list[np.ndarray], gate: LoopClo
     stage = [h.timings_ms.get("sequence", np.nan) for h in hyps]
     out["sequence_stage_ms"] = {"p50": float(np.nanmedian(stage)), "p95": float(np.nanpercentile(stage, 95))} \
         if not np.isnan(stage).all() else None
-    published, correct = gate_counts(hyps, positives, gate)
-    out["loop_closures"] = {"published": published, "correct": correct}
+    gated = gated_loop_closures(hyps, gate, GroundTruth(positives, "same index +-1"))
+    out["loop_closures"] = {"published": int(gated["published"]), "correct": int(gated["correct"])}
     return out
 
 

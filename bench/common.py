@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.core.localizer import Hypothesis
-from vpr_ros.core.loop_closure import LoopClosureGate
+from vpr_ros.core.files import atomic_write_text
 from vpr_ros.eval.report import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,13 +56,6 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     doc = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_description(),
            "load": machine_load(), **payload}
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path
-
-
-def gate_counts(hyps: list[Hypothesis], positives: list[np.ndarray], gate: LoopClosureGate) -> tuple[int, int]:
-    """(published, correct) loop closures of ``gate`` fed the hypotheses of one camera in order."""
-    closures = [(i, gate.update(h)) for i, h in enumerate(hyps)]
-    published = [(i, c) for i, c in closures if c is not None]
-    return len(published), sum(int(np.isin(c.row, positives[i])) for i, c in published)
