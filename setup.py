@@ -26,10 +26,10 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            "build_map = vpr_ros.nodes.build_map:entry_point",
+            "build_map = vpr_ros.cli.build_map:entry_point",
             "localize = vpr_ros.nodes.localize:main",
-            "evaluate = vpr_ros.nodes.evaluate:entry_point",
-            "vpr_convert = vpr_ros.nodes.convert:entry_point",
+            "evaluate = vpr_ros.cli.evaluate:entry_point",
+            "vpr_convert = vpr_ros.cli.convert:entry_point",
         ],
     },
 )

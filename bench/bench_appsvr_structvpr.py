@@ -12,7 +12,7 @@ Label maps are the rule-based ones of :mod:`vpr_training.data.rule_labels` (colo
 segmenter), written to a temporary folder. Figures are validation recall@N of the best epoch (before PCA) and
 after the PCA-whitening fitted on 240 images. One seed; tiny data: differences of a few points are noise.
 
-    python -m bench appsvr_structvpr      # -> bench/results/appsvr_structvpr.json (~10 min on 2 busy cores)
+    python -m bench appsvr_structvpr      # -> bench/results/appsvr_structvpr.json
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "training"))
     import torch
 
-    from vpr_ros.config import load_config
-    from vpr_training.config import TrainConfig
+    from vpr_training.config import load_train_config
     from vpr_training.data.rule_labels import write_rule_based_label_maps
     from vpr_training.structvpr_partition import compute_partition
     from vpr_training.trainer import Trainer
@@ -57,7 +56,7 @@ def main() -> None:
         write_rule_based_label_maps(REPO / "data" / "nordland_part1", labels, progress=False)
 
         def run(name: str, config: str, **overrides: Any) -> Any:
-            cfg = load_config(TrainConfig, CONFIGS / config, {"train.root": root, "val.root": root, **overrides})
+            cfg = load_train_config(CONFIGS / config, {"train.root": root, "val.root": root, **overrides})
             t0 = time.perf_counter()
             result = Trainer(cfg, tmp / name, progress=False).run()
             row = {"model": name, "config": config, "overrides": {k: str(v) for k, v in overrides.items()},

@@ -22,12 +22,12 @@ sys.path.insert(0, str(REPO / "test"))  # the sample writers the tests use
 from samples import write_corridor_bag  # noqa: E402
 
 from bench.common import write_result  # noqa: E402
+from vpr_ros.cli import evaluate  # noqa: E402
+from vpr_ros.cli.common import run_cli  # noqa: E402
 from vpr_ros.core.map_builder import BuildMapConfig, build_map  # noqa: E402
 from vpr_ros.io.bag_writer import BagWriter  # noqa: E402
 from vpr_ros.io.bags import bag_frame_source  # noqa: E402
 from vpr_ros.io.images import folder_source  # noqa: E402
-from vpr_ros.nodes import evaluate  # noqa: E402
-from vpr_ros.nodes.cli import run_cli  # noqa: E402
 
 RATES = (1.0, 3.0, 10.0)  # x the recorded 10 Hz
 
@@ -67,8 +67,7 @@ def live(map_dir: Path, bag: Path, out: Path, rate: float) -> dict[str, Any]:
 def main() -> dict:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     corridor = REPO / "data" / "corridor"
-    payload: dict[str, Any] = {"what": __doc__.split("\n\n")[0].replace("\n", " "),
-                               "load_average_at_start": os.getloadavg()}
+    payload: dict[str, Any] = {"what": __doc__.split("\n\n")[0].replace("\n", " ")}
     with tempfile.TemporaryDirectory(prefix="vpr_bench_bags_") as tmp:
         tmp_path = Path(tmp)
         map_dir = tmp_path / "map"
@@ -116,7 +115,6 @@ def main() -> dict:
               f"{row['node_memory']['first_mb']:.0f} MB, max {row['node_memory']['max_mb']:.0f} MB, growth "
               f"{row['node_memory']['growth_mb']:.1f} MB", flush=True)
 
-    payload["load_average_at_end"] = os.getloadavg()  # other work on the machine shifts latency and drops
     write_result("bag_replay", payload)
     return payload
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import time_ms, write_result
-from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
 from vpr_ros.core.image import load_rgb, to_network_input
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,10 +1,14 @@
 """Sequence localization on Nordland part 1 (summer map, winter queries): single frame vs sequences.
 
+Held-out segment only (``bench/splits.py``: places 620-1799; the defaults were chosen on places 0-599 by
+``bench/bench_defaults.py``): the map is the segment's summer frames, the queries its winter frames.
+
 For the weights-free thumbnail encoder and the default CNN encoder (EfficientNet-Lite0 + VLAD fitted on the
 map, images enlarged by the map builder's automatic ``max_upscale``), measures recall@1 (+-1 and +-0
 frames), recall@5, precision-recall (AUC, recall at 100% precision) and the sequence stage's latency for:
 single frames, SeqSLAM over 5 / 10 / 20 frames (top-k and full search), seq2im MIN / MODE and seq2seq
-MAX / AVG / CAT over 5 / 10 / 20 frames, and im2seq (map cut into 10-frame sequences).
+MAX / AVG / CAT over 5 / 10 / 20 frames, and im2seq (map cut into 10-frame sequences); for each, what the
+default loop-closure gate (no exclusion window, as ``evaluate`` offline) publishes and how much is right.
 
 Queries run in order through ``Localizer.localize_features`` exactly as the node would run them (online:
 the first frames have short sequences); images are encoded once per encoder.
@@ -24,16 +28,16 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.common import write_result
-from vpr_ros.core.encoder import EncoderConfig, make_encoder
+from bench.splits import NORDLAND
+from vpr_ros.core.encoders import EncoderConfig, make_encoder
 from vpr_ros.core.localizer import Hypothesis, Localizer, LocalizerConfig, QueryFeatures
+from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.sequence import SequenceConfig, im2seq
-from vpr_ros.eval.ground_truth import positives_by_index
+from vpr_ros.eval.evaluate import gated_loop_closures
+from vpr_ros.eval.ground_truth import GroundTruth, positives_by_index
 from vpr_ros.eval.metrics import precision_recall
-from vpr_ros.io.images import folder_source
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "data" / "nordland_part1"
 ENCODERS = {
     "thumbnail 64x32 patch 8": EncoderConfig(model="thumbnail:64x32,patch=8"),
     "default CNN (EfficientNet-Lite0 b10 + VLAD)": EncoderConfig(model="models/efficientnet_lite0_b10.onnx"),
@@ -56,7 +60,7 @@ def correct_top1(rows: np.ndarray, tolerance: int) -> np.ndarray:
     return np.abs(rows - np.arange(len(rows))) <= tolerance
 
 
-def summarise(hyps: list[Hypothesis], positives: list[np.ndarray]) -> dict[str, Any]:
+def summarise(hyps: list[Hypothesis], positives: list[np.ndarray], gate: LoopClosureGate) -> dict[str, Any]:
     top1 = np.array([h.best_index if len(h.indices) else -1 for h in hyps])
     top5_ok = np.array([np.isin(h.indices[:5], p).any() for h, p in zip(hyps, positives, strict=True)])
     has = np.ones(len(hyps), dtype=bool)
@@ -69,6 +73,8 @@ def summarise(hyps: list[Hypothesis], positives: list[np.ndarray]) -> dict[str, 
     stage = [h.timings_ms.get("sequence", np.nan) for h in hyps]
     out["sequence_stage_ms"] = {"p50": float(np.nanmedian(stage)), "p95": float(np.nanpercentile(stage, 95))} \
         if not np.isnan(stage).all() else None
+    gated = gated_loop_closures(hyps, gate, GroundTruth(positives, "same index +-1"))
+    out["loop_closures"] = {"published": int(gated["published"]), "correct": int(gated["correct"])}
     return out
 
 
@@ -83,8 +89,7 @@ def im2seq_recall(hyps: list[Hypothesis], positives: list[np.ndarray]) -> float:
 
 def run_encoder(name: str, encoder_config: EncoderConfig, workdir: Path) -> dict[str, Any]:
     encoder = make_encoder(encoder_config)
-    reference = folder_source(DATA / "summer")
-    queries = folder_source(DATA / "winter")
+    reference, queries = NORDLAND.sources("held_out")
     t0 = time.perf_counter()
     refmap = build_map(reference, workdir / "map", BuildMapConfig(encoder=encoder_config), progress=True,
                        encoder=encoder)
@@ -94,13 +99,15 @@ def run_encoder(name: str, encoder_config: EncoderConfig, workdir: Path) -> dict
     feats: list[QueryFeatures] = []
     for start in tqdm(range(0, len(images), 64), desc=f"encode winter ({name})", unit="batch"):
         feats += base.encode_many(images[start:start + 64])
-    positives = positives_by_index(len(queries), refmap.frames.ids, 1).positives
+    positives = positives_by_index(len(queries), refmap.frames.ids, NORDLAND.tolerance).positives
+    gate_config = LoopClosureConfig(exclusion_window=0.0)
     rows: dict[str, Any] = {}
     for label, seq in tqdm(configs(), desc=f"sequence methods ({name})", unit="run"):
         loc = Localizer(refmap, encoder, dataclasses.replace(base.config, sequence=seq))
         stamps = queries.frames.stamps
         hyps = [loc.localize_features(f, float(stamps[i])) for i, f in enumerate(feats)]
-        rows[label] = summarise(hyps, positives)
+        gate = LoopClosureGate(gate_config, refmap.frames, loc.config.confidence_radius)
+        rows[label] = summarise(hyps, positives, gate)
         if label == "single frame":
             rows[f"im2seq {IM2SEQ_SEGMENT}"] = {"recall@1": im2seq_recall(hyps, positives)}
     return {"map_input_size": list(refmap.input_size), "descriptor_dim": refmap.dim, "map_build_s": build_s,
@@ -109,8 +116,12 @@ def run_encoder(name: str, encoder_config: EncoderConfig, workdir: Path) -> dict
 
 def main() -> None:
     report: dict[str, Any] = {
-        "description": "sequence localization, Nordland part 1: summer map (1800 frames), winter queries",
+        "description": f"sequence localization, Nordland part 1, held-out segment: summer map "
+                       f"({len(NORDLAND.held_out)} frames), winter queries",
+        "split": NORDLAND.describe(),
         "ground_truth": "same index +-1 frame (recall@1_exact: +-0)",
+        "loop_closures": "default loop_closure gate (min_score, min_consecutive, ...) without the exclusion "
+                         "window: closures published and correct",
         "protocol": "online: queries in order, the first length-1 queries have shorter sequences; precision-"
                     "recall accepts the top-1 answer when its score (or confidence) >= threshold",
         "encoders": {}}

@@ -1,8 +1,9 @@
-"""Helpers shared by the benchmarks: timing, result files with the machine description."""
+"""Helpers shared by the benchmarks: timing, result files with the machine description and its load."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,9 +11,29 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.core.files import atomic_write_text
 from vpr_ros.eval.report import machine_description
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# Other work on the machine shifts timings: every result records the load average at the start and the end of
+# its benchmark, instead of a note written in advance ("busy machine") that may not describe the run.
+_load_at_start: tuple[float, float, float] = os.getloadavg()
+
+
+def mark_start() -> None:
+    """Record the load average now as the start of the next benchmark (``python -m bench`` calls it before each).
+
+    Without it (a benchmark module run on its own) the start is when ``bench.common`` was imported.
+    """
+    global _load_at_start
+    _load_at_start = os.getloadavg()
+
+
+def machine_load() -> dict[str, Any]:
+    """CPU count and the 1 / 5 / 15-minute load averages at the start and now, the end of the benchmark."""
+    return {"cpu_count": os.cpu_count(), "load_average_at_start": list(_load_at_start),
+            "load_average_at_end": list(os.getloadavg())}
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
@@ -30,11 +51,11 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:
-    """bench/results/<name>.json with the machine description and a timestamp (paths etc. written as text)."""
+    """bench/results/<name>.json with the machine description, its load and a timestamp (paths etc. as text)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     doc = {"benchmark": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_description(),
-           **payload}
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+           "load": machine_load(), **payload}
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path

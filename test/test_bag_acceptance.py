@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from samples import write_corridor_bag, write_nordland_bag
 
+from vpr_ros.cli import build_map, evaluate
+from vpr_ros.cli.common import run_cli
 from vpr_ros.core.refmap import ReferenceMap
-from vpr_ros.nodes import build_map, evaluate
-from vpr_ros.nodes.cli import run_cli
 
 CORRIDOR_VARIANTS = {"sqlite3": ("compressed", "pose"), "mcap": ("rgb8", "odometry"), "ros1": ("bgr8", "pose_cov")}
 NORDLAND_VARIANTS = {"sqlite3": "rgb8", "mcap": "compressed", "ros1": "bgr8"}

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 from samples import write_corridor_bag
 
-from vpr_ros.core.map_builder import BuildMapConfig, FrameSource, append_to_map, build_map
+from vpr_ros.cli import build_map as build_map_cli
+from vpr_ros.cli.common import run_cli
+from vpr_ros.core.frames import FrameSource
+from vpr_ros.core.map_builder import BuildMapConfig, append_to_map, build_map
 from vpr_ros.core.refmap import ReferenceMap, read_manifest
 from vpr_ros.core.vlad import global_descriptors
 from vpr_ros.io.bag_poses import PoseSpec
 from vpr_ros.io.bags import FrameSelection, bag_frame_source
-from vpr_ros.nodes import build_map as build_map_cli
-from vpr_ros.nodes.cli import run_cli
 
 SMALL = ("--set", "image_height=120", "--set", "image_width=160", "--set", "chunk_size=8")
 COUNT = 48  # frames 0..47 of the corridor reference traversal, 0.5 s apart

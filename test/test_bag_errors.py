@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from vpr_ros.cli import build_map, evaluate
+from vpr_ros.cli.common import run_cli
 from vpr_ros.io.bag_writer import BagWriter
-from vpr_ros.nodes import build_map, evaluate
-from vpr_ros.nodes.cli import run_cli
 
 STORAGES = ["sqlite3", "mcap", "ros1"]
 
@@ -131,7 +131,7 @@ def test_evaluate_reports_bad_query_bags(bags, tmp_path, corridor_map, capsys):
 def test_console_entry_exits_2_on_a_truncated_bag(bags, tmp_path, repo):
     """The real command as its own process, as a user runs it."""
     bad = damaged_copy(bags["mcap"], tmp_path, "truncated")
-    out = subprocess.run([sys.executable, "-m", "vpr_ros.nodes.build_map", "--bag", str(bad), "--image-topic", "/cam",
+    out = subprocess.run([sys.executable, "-m", "vpr_ros.cli.build_map", "--bag", str(bad), "--image-topic", "/cam",
                           "--output", str(tmp_path / "m")], capture_output=True, text=True, timeout=120, cwd=repo)
     assert out.returncode == 2
     assert f"error: {bad}: cannot open this ROS 2 (MCAP) bag" in out.stderr

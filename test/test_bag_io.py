@@ -10,12 +10,10 @@ import pytest
 
 from vpr_ros.core.image import load_rgb
 from vpr_ros.io.bag_poses import PoseSpec, tf_chain_poses
+from vpr_ros.io.bag_reader import Bag, BagError, header_stamp_ns
 from vpr_ros.io.bag_writer import BagWriter
 from vpr_ros.io.bags import (
-    Bag,
-    BagError,
     FrameSelection,
-    _header_stamp_ns,
     bag_frame_source,
     index_image_topic,
     load_frame_source,
@@ -56,7 +54,7 @@ def test_images_round_trip_with_stamps_in_every_format(tmp_path, storage, corrid
             for k, (conn, _, raw) in enumerate(bag.messages(conns)):
                 header = bag.deserialize(raw, conn.msgtype, topic).header.stamp
                 assert index.stamps_ns[k] == header.sec * 1_000_000_000 + header.nanosec
-                assert _header_stamp_ns(raw, bag.ros1) == index.stamps_ns[k]
+                assert header_stamp_ns(raw, bag.ros1) == index.stamps_ns[k]
             np.testing.assert_allclose(index.stamps, stamps, atol=1e-6)
     for topic in ("/c/compressed", "/c/raw"):
         with bag_frame_source(path, topic, progress=False) as source:

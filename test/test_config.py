@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vpr_ros.config import ConfigError, config_from_dict, flatten_config, load_config, unflatten
+from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.map_builder import BuildMapConfig
-from vpr_ros.nodes.localize_config import LocalizeNodeConfig
 from vpr_ros.tools.render_configs import CONFIG_FILES, rendered
 
 

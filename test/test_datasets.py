@@ -7,19 +7,21 @@ import re
 from pathlib import Path
 
 import numpy as np
+import patchnetvlad
 import pytest
 import yaml
 from samples import gbrg_mosaic, make_msls_root, make_robotcar_run, robotcar_truth
 
+from vpr_ros.cli import build_map, convert, evaluate
+from vpr_ros.cli.common import run_cli
 from vpr_ros.core.image import load_rgb
-from vpr_ros.io.bags import Bag, bag_frame_source, index_image_topic
+from vpr_ros.io.bag_reader import Bag
+from vpr_ros.io.bags import bag_frame_source, index_image_topic
 from vpr_ros.io.datasets.nordland import frame_number
 from vpr_ros.io.datasets.nordland_partitions import PATCHNETVLAD_TEST
 from vpr_ros.io.datasets.robotcar import demosaic
 from vpr_ros.io.poses import read_pose_file
 from vpr_ros.io.transforms import ned_to_enu, rotation_angle_deg
-from vpr_ros.nodes import build_map, convert, evaluate
-from vpr_ros.nodes.cli import run_cli
 
 
 def cli(main, *argv: str) -> None:
@@ -88,8 +90,7 @@ def test_nordland_partitions(tmp_path, repo):
 
 
 def test_patchnetvlad_ranges_match_the_official_lists():
-    pkg = pytest.importorskip("patchnetvlad")
-    folder = Path(pkg.__file__).parent / "dataset_imagenames"
+    folder = Path(patchnetvlad.__file__).parent / "dataset_imagenames"
     for name in ("index", "query"):
         numbers = [int(re.search(r"(\d+)\.png", line).group(1))
                    for line in (folder / f"nordland_imageNames_{name}.txt").read_text().splitlines() if line]

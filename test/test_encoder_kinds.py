@@ -11,7 +11,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder, sha256_file
+from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder, write_model_card
+from vpr_ros.core.files import sha256_file
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.refmap import ReferenceMap
@@ -83,3 +84,45 @@ def test_bad_kind_is_refused(tmp_path: Path, default_model: Path):
     (tmp_path / "m.yaml").write_text(yaml.safe_dump(card))
     with pytest.raises(ValueError, match="needs 'head_file'"):
         ModelCard.load(tmp_path / "m.yaml")
+
+
+def grid_card(path: Path, **fields) -> ModelCard:
+    """The card of :func:`tiny_global_model`'s graph, built by the writer's schema."""
+    return ModelCard.build(**{"id": "grid_colour", "kind": "global", "description": "mean colour of 2x2 cells",
+                              "onnx_file": path.name, "onnx_sha256": sha256_file(path), "opset": 17,
+                              "output_name": "descriptor", "channels": 12, "stride": 1, "default_size": (120, 160),
+                              "sections": {"parity": {"images": 0}}, **fields})
+
+
+def test_written_card_reads_back_as_built(tmp_path: Path):
+    tiny_global_model(tmp_path / "grid.onnx")
+    card = grid_card(tmp_path / "grid.onnx", about={"variant": "2x2"})
+    write_model_card(tmp_path / "grid.yaml", card)
+    text = (tmp_path / "grid.yaml").read_text()
+    assert "default_size: [120, 160]" in text and "range: [0, 255]" in text  # scalar lists on one line
+    assert list(yaml.safe_load(text)) == ["id", "format_version", "kind", "description", "variant", "onnx_file",
+                                          "onnx_sha256", "onnx_opset", "input", "output", "parity", "created"]
+    loaded = ModelCard.load(tmp_path / "grid.yaml")
+    assert loaded == card and loaded.to_dict() == card.to_dict()
+    assert loaded.to_dict() is not loaded.raw
+    enc = OnnxEncoder(EncoderConfig(model=str(tmp_path / "grid.onnx")))
+    assert enc.card.channels == 12 and enc.card.default_size == (120, 160)
+
+
+def test_writer_refuses_cards_the_reader_would_not_take(tmp_path: Path):
+    tiny_global_model(tmp_path / "grid.onnx")
+    (tmp_path / "grid.yaml").unlink()
+    onnx = tmp_path / "grid.onnx"
+    with pytest.raises(ValueError, match="kind 'magic' is not one of"):
+        grid_card(onnx, kind="magic")
+    with pytest.raises(ValueError, match="needs 'head_file'"):
+        grid_card(onnx, kind="netvlad")
+    with pytest.raises(ValueError, match=r"extra keys \['output'\] are schema keys"):
+        grid_card(onnx, sections={"output": {"name": "other"}})
+    with pytest.raises(ValueError, match="must be a file name"):
+        grid_card(onnx, onnx_file="models/grid.onnx")
+    with pytest.raises(ValueError, match=r"the card of grid\.onnx must be named grid\.yaml"):
+        write_model_card(tmp_path / "other.yaml", grid_card(onnx))
+    with pytest.raises(ValueError, match="not plain YAML"):
+        write_model_card(tmp_path / "grid.yaml", grid_card(onnx, sections={"parity": {"max": np.float32(1.5)}}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.onnx"]  # nothing half-written

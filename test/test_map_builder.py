@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
-from vpr_ros.core.map_builder import BuildMapConfig, FrameSource, build_map, input_size
+from vpr_ros.core.map_builder import BuildMapConfig, build_map, input_size
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.io.images import folder_source
 
@@ -90,7 +91,7 @@ def test_extractors_store_per_frame_arrays(tmp_path, corridor, encoder):
 
 def test_localizer_recall_on_corridor(corridor_map, corridor, corridor_ground_truth, default_model):
     """The acceptance figure of the foundation issue, in-process: recall@1 >= 0.90, recall@5 >= 0.98."""
-    from vpr_ros.core.encoder import EncoderConfig
+    from vpr_ros.core.encoders import EncoderConfig
 
     loc = Localizer.from_paths(str(corridor_map), LocalizerConfig(encoder=EncoderConfig(model=str(default_model))))
     queries = folder_source(corridor / "query")
@@ -106,7 +107,7 @@ def test_localizer_recall_on_corridor(corridor_map, corridor, corridor_ground_tr
 
 
 def run_cli(exe: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", f"vpr_ros.nodes.{exe}", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", f"vpr_ros.cli.{exe}", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpr_ros.core.patch_presets import PRESETS, scale_sizes
-from vpr_ros.core.patches import (
+from vpr_ros.core.patchnetvlad.descriptors import (
     PatchGrid,
     box_matrix,
     choose_strategy,
@@ -15,6 +14,7 @@ from vpr_ros.core.patches import (
     patch_descriptors,
     patch_sums_from_integral,
 )
+from vpr_ros.core.patchnetvlad.presets import PRESETS, scale_sizes
 from vpr_ros.core.vlad import VladHead, fit_pca_whitening
 
 ATOL32 = 2e-6  # float32 descriptors (unit vectors), different summation orders

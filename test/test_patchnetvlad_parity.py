@@ -21,10 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnx")
-pytest.importorskip("patchnetvlad")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "training") not in sys.path:
     sys.path.insert(0, str(REPO / "training"))
@@ -32,11 +30,11 @@ if str(REPO / "training") not in sys.path:
 pytestmark = [pytest.mark.torch,
               pytest.mark.filterwarnings("ignore:torch.meshgrid:UserWarning")]  # inside the official code
 
-from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder  # noqa: E402
+from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder  # noqa: E402
 from vpr_ros.core.image import load_rgb, resize_rgb  # noqa: E402
-from vpr_ros.core.patch_matching import nearest_patches  # noqa: E402
-from vpr_ros.core.patches import make_grids, patch_descriptors  # noqa: E402
-from vpr_ros.core.spatial import fuse_scales, mutual_from_nearest, ransac_scores, rapid_spatial_scores  # noqa: E402
+from vpr_ros.core.patchnetvlad.descriptors import make_grids, patch_descriptors  # noqa: E402
+from vpr_ros.core.patchnetvlad.matching import nearest_patches  # noqa: E402
+from vpr_ros.core.patchnetvlad.scoring import fuse_scales, mutual_from_nearest, ransac_scores, rapid_spatial_scores  # noqa: E402
 from vpr_training import patchnetvlad_reference as official  # noqa: E402
 from vpr_training.export.patchnetvlad_checkpoint import (  # noqa: E402
     convert,

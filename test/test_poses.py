@@ -16,6 +16,7 @@ from vpr_ros.io.poses import (
     slerp,
     yaw_to_quaternion,
 )
+from vpr_ros.io.transforms import compose, invert, rotation_angle_deg
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -87,6 +88,25 @@ def test_slerp_takes_short_way():
     q0 = yaw_to_quaternion(np.array([0.1]))
     q1 = -yaw_to_quaternion(np.array([0.3]))  # same rotation, opposite sign
     np.testing.assert_allclose(quaternion_to_yaw(slerp(q0, q1, np.array([0.5]))), [0.2], atol=1e-9)
+
+
+def test_unknown_orientations_stay_nan_and_known_rows_are_unaffected():
+    """scipy refuses NaN quaternions; rows with an unknown orientation must come back NaN, the others exact."""
+    q90, nan = yaw_to_quaternion(np.pi / 2), np.full(4, np.nan)
+    q = np.stack([q90, nan, q90])
+    t = np.array([[1.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])
+    t_ac, q_ac = compose(t, q, t, q)  # two steps of (1 m forward, turn left 90 degrees)
+    np.testing.assert_allclose(t_ac[[0, 2]], [[1.0, 1.0, 0.0]] * 2, atol=1e-12)
+    np.testing.assert_allclose(quaternion_to_yaw(q_ac[[0, 2]]), [np.pi, np.pi], atol=1e-12)
+    assert np.isnan(t_ac[1]).all() and np.isnan(q_ac[1]).all()
+    t_ba, q_ba = invert(t, q)
+    np.testing.assert_allclose(t_ba[0], [0.0, 1.0, 0.0], atol=1e-12)
+    assert np.isnan(t_ba[1]).all() and np.isnan(q_ba[1]).all()
+    np.testing.assert_allclose(rotation_angle_deg(q, yaw_to_quaternion([0.0, 0.0, -np.pi / 2])), [90.0, np.nan, 180.0])
+    out = slerp(q, np.stack([q90, q90, nan]), np.full(3, 0.5))
+    np.testing.assert_allclose(out[0], q90, atol=1e-12)
+    assert np.isnan(out[1:]).all()
+    assert np.isnan(yaw_to_quaternion([np.nan])).all() and np.isnan(quaternion_to_yaw(nan))
 
 
 def test_folder_source_matches_names_and_stems(tmp_path, corridor):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from vpr_ros.core.refmap import FrameTable, IndexConfig, MapError, ReferenceMap
+from vpr_ros.core.frames import FrameTable
+from vpr_ros.core.refmap import IndexConfig, MapError, ReferenceMap
 from vpr_ros.core.vlad import VladHead
 
 

@@ -15,10 +15,10 @@ from vpr_ros.config import ConfigError, config_from_dict
 from vpr_ros.core.image import load_rgb
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
-from vpr_ros.core.patch_store import PatchStoreConfig, decode, encode, resolve_spec
-from vpr_ros.core.patches import patch_descriptors
+from vpr_ros.core.patchnetvlad.descriptors import patch_descriptors
+from vpr_ros.core.patchnetvlad.rerank import RerankConfig, stored_spec
+from vpr_ros.core.patchnetvlad.store import PatchStoreConfig, decode, encode, resolve_spec
 from vpr_ros.core.refmap import MapError, ReferenceMap
-from vpr_ros.core.rerank import RerankConfig, stored_spec
 from vpr_ros.io.images import folder_source
 
 
@@ -143,7 +143,7 @@ def test_build_ignores_patches_for_heads_without_projection(tmp_path: Path, corr
 
 def test_evaluate_cli_reports_reranked_recall(corridor_patch_map: Path, corridor: Path, default_model: Path,
                                               tmp_path: Path, capsys):
-    from vpr_ros.nodes.evaluate import main
+    from vpr_ros.cli.evaluate import main
 
     queries = tmp_path / "queries"
     queries.mkdir()

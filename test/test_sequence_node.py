@@ -11,19 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
+from nav_msgs.msg import Odometry
+
+from vpr_ros.core.encoders import EncoderConfig, make_encoder
+from vpr_ros.core.image import load_rgb
+from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.io.images import folder_source
+from vpr_ros.nodes.messages import stamp_to_msg
+from vpr_ros.nodes.replay import rgb_to_image_msg
 
 pytestmark = pytest.mark.ros
-
-rclpy = pytest.importorskip("rclpy")
-from nav_msgs.msg import Odometry  # noqa: E402
-from test_localize_node import graph, localize_node, wait_diag  # noqa: E402, F401 - graph is a fixture
-
-from vpr_ros.core.encoder import EncoderConfig, make_encoder  # noqa: E402
-from vpr_ros.core.image import load_rgb  # noqa: E402
-from vpr_ros.core.map_builder import BuildMapConfig, build_map  # noqa: E402
-from vpr_ros.io.images import folder_source  # noqa: E402
-from vpr_ros.nodes.messages import stamp_to_msg  # noqa: E402
-from vpr_ros.nodes.replay import LocalizeClient, rgb_to_image_msg  # noqa: E402
 
 THUMBNAIL = "thumbnail:64x32,patch=8"
 MAPPED = 1000
@@ -52,14 +49,17 @@ def odometry(stamp: float, x: float) -> Odometry:
     return msg
 
 
-def test_winter_sequence_closes_loops_with_the_right_summer_frames(graph, nordland_half_map, repo):  # noqa: F811
-    node = graph.add(localize_node(nordland_half_map, THUMBNAIL, "/seq", **{
+def test_winter_sequence_closes_loops_with_the_right_summer_frames(start_localize, nordland_half_map, repo):
+    seq = start_localize(nordland_half_map, "/seq", model=THUMBNAIL, **{
         "localizer.sequence.method": "seqslam", "localizer.sequence.length": 10,
         "localizer.sequence.min_distance_spacing": 1.0, "loop_closure.score": "score",
-        "loop_closure.min_score": 0.18, "loop_closure.min_consecutive": 3, "loop_closure.exclusion_window": 30.0}))
-    client = graph.add(LocalizeClient("/seq/localize", "/seq/image", name="seq_client"))
+        "loop_closure.min_score": 0.18, "loop_closure.min_consecutive": 3, "loop_closure.exclusion_window": 30.0})
+    node, client = seq.node, seq.client
     odom_pub = client.create_publisher(Odometry, "/seq/odom", 50)
-    assert client.wait_until_ready(30)
+    deadline = time.monotonic() + 10
+    while odom_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the node must see the odometry publisher before the first message, or loses it
+    assert odom_pub.get_subscription_count() > 0, "the node never subscribed to /seq/odom"
     winter = repo / "data" / "nordland_part1" / "winter"
     images = sorted(winter.glob("*.png"))
     clock = {"stamp": 50_000.0, "travelled": 0.0}
@@ -105,6 +105,7 @@ def test_winter_sequence_closes_loops_with_the_right_summer_frames(graph, nordla
     stamps_out = {drive(i) for i in OUT_OF_MAP}
     after = settled_closures()
     assert not [c for c in after if c.stamp in stamps_out], "loop closures for places the map does not hold"
-    d = wait_diag(client, lambda d: int(d["frames_processed"]) >= len(stamps_in) + len(stamps_out))
+    d = client.wait_for_diagnostic(lambda d: int(d["frames_processed"]) >= len(stamps_in) + len(stamps_out))
+    assert d is not None, client.latest_diagnostic()
     assert d["sequence_method"] == "seqslam" and d["odometry"] == "yes" and int(d["loop_closures"]) == len(after)
     assert int(d["errors_total"]) == 0

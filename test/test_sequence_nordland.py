@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.core.encoder import EncoderConfig, make_encoder
+from vpr_ros.cli import evaluate
+from vpr_ros.cli.common import run_cli
+from vpr_ros.core.encoders import EncoderConfig, make_encoder
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig
 from vpr_ros.io.images import folder_source
-from vpr_ros.nodes import evaluate
-from vpr_ros.nodes.cli import run_cli
 
 THUMBNAIL = EncoderConfig(model="thumbnail:64x32,patch=8")
 

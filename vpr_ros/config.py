@@ -12,7 +12,7 @@ Field metadata understood here (all optional):
 * ``min`` / ``max`` -- inclusive numeric bounds.
 
 Example:
-    >>> from vpr_ros.core.encoder import EncoderConfig
+    >>> from vpr_ros.core.encoders import EncoderConfig
     >>> cfg = config_from_dict(EncoderConfig, {"threads": 2})
     >>> flatten_config(cfg)["threads"]
     2
@@ -29,11 +29,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vpr_ros.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
 def setting(default: Any, help: str, *, choices: tuple[Any, ...] | None = None,

@@ -24,15 +24,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vpr_ros.nodes.cli import (
+from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
-    config_from_args,
+    parse_overrides,
     print_settings,
     run_cli,
     setup_logging,
 )
-from vpr_training.config import TrainConfig
+from vpr_ros.core.paths import resolve_path
+from vpr_training.config import TrainConfig, load_train_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         raise ValueError("--out is required (the run folder)")
     setup_logging(args.verbose)
-    config = config_from_args(args)
+    # The training loader, not config_from_args: training files may extend a base file (vpr_training.config).
+    config_file = resolve_path(args.config, what="config file") if args.config else None
+    config = load_train_config(config_file, parse_overrides(args.set))
     from vpr_training.trainer import Trainer  # torch is imported only when training for real
 
     result = Trainer(config, args.out, resume=args.resume, progress=not args.no_progress).run()

@@ -3,15 +3,36 @@
 This module imports no torch, so ``vpr-train --help`` / ``--list-settings`` and config checks are quick.
 Same machinery as the node's settings (``vpr_ros.config``): unknown keys, wrong types and out-of-range values
 are refused with the dotted name of the setting; ``--set key=value`` overrides any of them.
+
+A config file may extend another with a top-level ``base`` key, so variants (ablations) list only what they
+change::
+
+    # appsvr_nordland_cpu_small_L1.yaml
+    base: appsvr_nordland_cpu_small.yaml    # relative to this file's folder; that file may have a base too
+    model:
+      appsvr:
+        pyramid_levels: 1                   # mappings merge key by key, at every depth;
+
+anything else (a number, a string, a list) replaces the base's value. A chain of bases that comes back to a
+file it already read is refused. :func:`load_train_config` reads a file this way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from vpr_ros.config import section, setting
+import yaml
+
+from vpr_ros.config import config_from_dict, flatten_plain, ros_parameters_section, section, setting, unflatten
+from vpr_ros.errors import ConfigError
 from vpr_training.data.readers import DatasetConfig
 from vpr_training.mining import MiningConfig
+
+#: Top-level key of a config file naming the file it extends (module docstring).
+BASE_KEY = "base"
 
 
 @dataclass(frozen=True)
@@ -143,3 +164,63 @@ class TrainConfig:
     loss: LossConfig = section(LossConfig)
     optim: OptimConfig = section(OptimConfig)
     validation: ValidationConfig = section(ValidationConfig)
+
+
+def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: mappings merge key by key at every depth, other values replace."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_settings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested settings of a config file with its ``base`` chain merged in (module docstring).
+
+    Raises:
+        ConfigError: a file is missing, not YAML, not a mapping, names a bad ``base``, or the chain is a cycle.
+    """
+    return _read_with_bases(Path(path), ())
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(p.name for p in (*chain, resolved))
+        raise ConfigError(f"config file {chain[-1]}: '{BASE_KEY}' chain comes back to {path.name} ({cycle})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        where = f" (the '{BASE_KEY}' of {chain[-1]})" if chain else ""
+        raise ConfigError(f"config file {path} does not exist{where}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path}: expected a mapping at top level")
+    # As vpr_ros.config.load_config: a ROS 2 params file's /** section, dotted keys as nested mappings.
+    data = unflatten(flatten_plain(ros_parameters_section(raw)))
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"config file {path}: '{BASE_KEY}' must name a YAML file, got {base!r}")
+    return merge_settings(_read_with_bases(path.parent / base, (*chain, resolved)), data)
+
+
+def load_train_config(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """:class:`TrainConfig` from a config file (with its ``base`` chain) plus dotted-key ``overrides``.
+
+    Example:
+        >>> cfg = load_train_config(None, {"model.num_clusters": 8})
+        >>> cfg.model.num_clusters
+        8
+    """
+    data = read_config_file(path) if path is not None else {}
+    if overrides:
+        merged = flatten_plain(data)
+        merged.update(overrides)
+        data = unflatten(merged)
+    return config_from_dict(TrainConfig, data, where=str(path) if path is not None else "")

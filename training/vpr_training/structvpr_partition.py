@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.core.files import atomic_savez, sha256_file
+
 log = logging.getLogger("vpr_training.structvpr")
 
 PARTITION_FORMAT = "vpr_training.structvpr_partition"
@@ -128,13 +130,11 @@ class Partition:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, format=np.array(PARTITION_FORMAT), version=np.array(PARTITION_VERSION), x=self.x, y=self.y,
-                 group=self.group, phi=self.phi, seg_query=self.seg_query, seg_db=self.seg_db,
-                 query_images=np.array(self.query_images), db_images=np.array(self.db_images),
-                 nt=np.array(self.nt), nm=np.array(self.nm), info=np.array(json.dumps(self.info)))
-        tmp.replace(path)
-        return path
+        return atomic_savez(path, {
+            "format": np.array(PARTITION_FORMAT), "version": np.array(PARTITION_VERSION), "x": self.x, "y": self.y,
+            "group": self.group, "phi": self.phi, "seg_query": self.seg_query, "seg_db": self.seg_db,
+            "query_images": np.array(self.query_images), "db_images": np.array(self.db_images),
+            "nt": np.array(self.nt), "nm": np.array(self.nm), "info": np.array(json.dumps(self.info))})
 
     @classmethod
     def load(cls, path: str | Path) -> Partition:
@@ -169,7 +169,6 @@ def compute_partition(rgb_checkpoint: str | Path, seg_checkpoint: str | Path, nt
     from vpr_training.data.images import ImageLoader
     from vpr_training.data.label_maps import LabelMapLoader
     from vpr_training.data.readers import load_places
-    from vpr_training.export.common import sha256_file
     from vpr_training.trainer import load_checkpoint, model_from_checkpoint
 
     rgb_ckpt, seg_ckpt = load_checkpoint(rgb_checkpoint), load_checkpoint(seg_checkpoint)

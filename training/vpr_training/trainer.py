@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict
+from vpr_ros.core.files import atomic_output
 from vpr_ros.eval.metrics import recall_at_n
 from vpr_training.config import TrainConfig
 from vpr_training.data.images import ImageLoader
@@ -103,9 +104,9 @@ class Distributed:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """``torch.save`` to ``path`` atomically: an interrupted run never leaves a half-written checkpoint."""
+    with atomic_output(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from vpr_ros.errors import InputError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 
 
@@ -15,7 +17,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     data = np.fromfile(str(path), dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(f"{path}: not a readable image (expected JPEG/PNG/...; {data.size} bytes)")
+        raise InputError(f"{path}: not a readable image (expected JPEG/PNG/...; {data.size} bytes)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vpr_ros.config import section, setting
-from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.patchnetvlad.rerank import RerankConfig, Reranker, resolve_method
 from vpr_ros.core.refmap import ReferenceMap
-from vpr_ros.core.rerank import RerankConfig, Reranker, resolve_method
 from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.core.vlad import global_descriptors
 
@@ -102,10 +102,6 @@ class Hypothesis:
     @property
     def best_index(self) -> int:
         return int(self.indices[0])
-
-    @property
-    def best_id(self) -> int:
-        return int(self.ids[0])
 
 
 class StageTimer:

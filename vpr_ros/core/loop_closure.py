@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr_ros.config import setting
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.localizer import Hypothesis, ratio_confidence
-from vpr_ros.core.refmap import FrameTable
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,12 @@ class LoopClosureConfig:
         "confidence", "what min_score applies to: confidence = the ratio-test confidence in [0, 1] (best vs the "
         "best candidate farther than localizer.confidence_radius); score = the best candidate's score "
         "(sequence score with a sequence method, cosine similarity without)", choices=("score", "confidence"))
+    # Chosen on the tuning split (bench/bench_defaults.py, bench/results/defaults.json): the smallest
+    # threshold with no wrong closure there, for single frames (the default pipeline) and seqslam over 10
+    # frames, on Nordland winter vs summer.
     min_score: float = setting(
-        0.1, "threshold on the chosen score. Nordland winter vs summer, seqslam over 10 frames, default gate: "
-        "0 wrong of 750 (CNN) and 417 (thumbnails) closures over 1800 queries; single frames are not reliable "
-        "across seasons (CNN: 16 wrong of 21). Take yours from evaluate (threshold_at_100_precision)")
+        0.15, "threshold on the chosen score; a wrong loop closure costs a SLAM back end far more than a missed "
+        "one, so take yours from evaluate on your own route (threshold_at_100_precision)")
     exclusion_window: float = setting(
         30.0, "seconds: map frames stamped this close to the query are the robot's own recent frames and "
         "are never matched (0 = off; map frames without stamps are never excluded)", min=0.0)
@@ -75,9 +77,10 @@ class LoopClosureGate:
     """Applies :class:`LoopClosureConfig` to the stream of hypotheses of one camera (thread-safe: the node
     resets it from a service callback while its worker thread updates it).
 
-    Example:
-        >>> gate = LoopClosureGate(LoopClosureConfig(min_score=0.2), refmap.frames, 5.0)  # doctest: +SKIP
-        >>> closure = gate.update(hypothesis)   # a LoopClosure or None                     # doctest: +SKIP
+    The localize node feeds it every answer of the localizer::
+
+        gate = LoopClosureGate(LoopClosureConfig(min_score=0.2), refmap.frames, confidence_radius=5.0)
+        closure = gate.update(hypothesis)   # a LoopClosure once the gate opens, else None
     """
 
     def __init__(self, config: LoopClosureConfig, frames: FrameTable, confidence_radius: float) -> None:

@@ -5,7 +5,7 @@ Two passes over the images:
 1. *fit*: encode a sample of up to ``vlad.fit_images`` frames, fit the VLAD vocabulary (k-means) on
    their local features, then the PCA-whitening on their VLADs;
 2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks; with a patch
-   store (``patches.preset``, :mod:`vpr_ros.core.patch_store`) also its Patch-NetVLAD patch descriptors.
+   store (``patches.preset``, :mod:`vpr_ros.core.patchnetvlad.store`) also its Patch-NetVLAD patch descriptors.
 
 Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
@@ -30,11 +30,13 @@ import yaml
 from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict, section, setting
-from vpr_ros.core.encoder import Encoder, EncoderConfig, make_encoder
-from vpr_ros.core.patch_store import SECTION as PATCH_SECTION
-from vpr_ros.core.patch_store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
-from vpr_ros.core.refmap import FrameTable, IndexConfig, ReferenceMap, read_manifest
-from vpr_ros.core.rerank import stored_spec
+from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.files import atomic_savez
+from vpr_ros.core.frames import FrameSource, FrameTable
+from vpr_ros.core.patchnetvlad.rerank import stored_spec
+from vpr_ros.core.patchnetvlad.store import SECTION as PATCH_SECTION
+from vpr_ros.core.patchnetvlad.store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
+from vpr_ros.core.refmap import IndexConfig, ReferenceMap, read_manifest
 from vpr_ros.core.vlad import (
     VladConfig,
     VladHead,
@@ -44,6 +46,7 @@ from vpr_ros.core.vlad import (
     kmeans_vocabulary,
     local_descriptors,
 )
+from vpr_ros.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +71,6 @@ class BuildMapConfig:
     vlad: VladConfig = section(VladConfig)
     index: IndexConfig = section(IndexConfig)
     patches: PatchStoreConfig = section(PatchStoreConfig)
-
-
-@dataclass
-class FrameSource:
-    """Frames to map: metadata plus a loader of frame ``i`` as RGB uint8 (H, W, 3)."""
-
-    frames: FrameTable
-    load_image: Callable[[int], np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.frames)
 
 
 def _fingerprint(config: BuildMapConfig, encoder: Encoder, frames: FrameTable,
@@ -179,7 +171,7 @@ def encode_in_chunks(source: FrameSource, encoder: Encoder, head: VladHead | Non
                 for name, arr in extract(feats, head).items():
                     outputs.setdefault(name, []).append(arr)
             bar.update(b1 - b0)
-        _atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
+        atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
     bar.close()
 
     parts: dict[str, list[np.ndarray]] = {}
@@ -212,10 +204,10 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
     if len(source) == 0:
-        raise ValueError("no frames to map")
+        raise InputError("no frames to map")
     ids, counts = np.unique(source.frames.ids, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
+        raise InputError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
     encoder = encoder or make_encoder(config.encoder)
     size = input_size(config, encoder, source.load_image(0).shape[:2])
 
@@ -232,7 +224,7 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
             head = VladHead.from_arrays(dict(npz))
     else:
         head = fit_head(source, encoder, size, config.vlad, progress)
-        _atomic_savez(head_file, head.to_arrays())
+        atomic_savez(head_file, head.to_arrays())
 
     sections = dict(sections or {})
     extractors = list(extractors)
@@ -303,7 +295,7 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
         # A Patch-NetVLAD store describes itself in the manifest: grow it with the same configuration.
         extractors.append(patch_extractor(stored_spec(refmap), config.patches.strategy))
     if refmap.arrays and not extractors:
-        raise ValueError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the extractors "
+        raise InputError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the extractors "
                          "that made them")
 
     work = map_path.parent / f".{map_path.name}.append.partial"
@@ -313,7 +305,7 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
     merged = encode_in_chunks(subset, encoder, refmap.head, size, work, config.chunk_size, extractors, progress)
     descriptors = merged.pop("descriptors")
     if set(merged) != set(refmap.arrays):
-        raise ValueError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
+        raise InputError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
                          f"{sorted(refmap.arrays)}")
     refmap.append(frames, descriptors, merged)
     refmap.provenance.setdefault("appended", []).append(
@@ -321,9 +313,3 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
     refmap.save(map_path, overwrite=True)
     shutil.rmtree(work, ignore_errors=True)
     return ReferenceMap.load(map_path), len(frames)
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)

@@ -17,9 +17,7 @@ sha256 of every file and names the file at fault.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import os
 import shutil
 import uuid
@@ -32,16 +30,13 @@ import yaml
 
 from vpr_ros import __version__
 from vpr_ros.config import setting
-from vpr_ros.core.encoder import sha256_file
+from vpr_ros.core.files import sha256_file
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.vlad import VladHead
+from vpr_ros.errors import InputError, MapError
 
 FORMAT_NAME = "vpr_ros.reference_map"
 FORMAT_VERSION = 1
-FRAME_COLUMNS = ("id", "name", "source", "stamp", "x", "y", "z", "qx", "qy", "qz", "qw")
-
-
-class MapError(RuntimeError):
-    """A reference map is missing, corrupt, of an unsupported version or incompatible with the pipeline."""
 
 
 @dataclass(frozen=True)
@@ -54,75 +49,27 @@ class IndexConfig:
 
 
 @dataclass
-class FrameTable:
-    """Per-frame metadata. Orientation is a unit quaternion (x, y, z, w); NaN rows mean unknown.
-
-    Shape:
-        ids: (N,) int64; stamps: (N,) float64 seconds; positions: (N, 3); orientations: (N, 4).
-    """
-
-    ids: np.ndarray
-    names: list[str]
-    sources: list[str]
-    stamps: np.ndarray
-    positions: np.ndarray
-    orientations: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        self.ids = np.asarray(self.ids, dtype=np.int64)
-        self.stamps = np.asarray(self.stamps, dtype=np.float64).reshape(n)
-        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(n, 3)
-        self.orientations = np.asarray(self.orientations, dtype=np.float64).reshape(n, 4)
-        if len(self.names) != n or len(self.sources) != n:
-            raise ValueError(f"frame table columns disagree in length ({n} ids, {len(self.names)} names, "
-                             f"{len(self.sources)} sources)")
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
-
-    @classmethod
-    def empty(cls) -> FrameTable:
-        return cls(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)))
-
-    @classmethod
-    def concatenate(cls, tables: list[FrameTable]) -> FrameTable:
-        return cls(np.concatenate([t.ids for t in tables]), [n for t in tables for n in t.names],
-                   [s for t in tables for s in t.sources], np.concatenate([t.stamps for t in tables]),
-                   np.concatenate([t.positions for t in tables]),
-                   np.concatenate([t.orientations for t in tables]))
-
-    def to_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(FRAME_COLUMNS)
-        for i in range(len(self)):
-            writer.writerow([int(self.ids[i]), self.names[i], self.sources[i], repr(float(self.stamps[i])),
-                             *(repr(float(v)) for v in self.positions[i]),
-                             *(repr(float(v)) for v in self.orientations[i])])
-        return buf.getvalue()
-
-    @classmethod
-    def from_csv(cls, text: str, where: str) -> FrameTable:
-        rows = list(csv.reader(io.StringIO(text)))
-        if not rows or tuple(rows[0]) != FRAME_COLUMNS:
-            raise MapError(f"{where}: expected header {','.join(FRAME_COLUMNS)}")
-        body = rows[1:]
-        try:
-            ids = np.array([int(r[0]) for r in body], dtype=np.int64)
-            nums = np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float64).reshape(len(body), 8)
-        except (ValueError, IndexError) as exc:
-            raise MapError(f"{where}: malformed row ({exc})") from None
-        return cls(ids, [r[1] for r in body], [r[2] for r in body], nums[:, 0], nums[:, 1:4], nums[:, 4:8])
-
-
-@dataclass
 class ReferenceMap:
     """Frames, global descriptors and search index of one mapped environment.
 
+    Usually built by :func:`vpr_ros.core.map_builder.build_map` and opened with :meth:`load`; in memory, from the
+    shipped corridor reference images and a weights-free thumbnail encoder:
+
     Example:
-        >>> m = ReferenceMap.load("out/corridor_map")              # doctest: +SKIP
-        >>> sims, idx = m.search(query_descriptors, k=10)           # doctest: +SKIP
+        >>> from vpr_ros.core.encoders import EncoderConfig, make_encoder
+        >>> from vpr_ros.core.image import load_rgb
+        >>> from vpr_ros.core.paths import resolve_path
+        >>> from vpr_ros.io.images import folder_source
+        >>> ref = folder_source(resolve_path("data/corridor/ref"), resolve_path("data/corridor/ref_poses.csv"))
+        >>> encoder = make_encoder(EncoderConfig(model="thumbnail:64x32,patch=8"))
+        >>> descriptors = encoder.features([ref.load_image(i) for i in range(len(ref))], 32, 64)
+        >>> m = ReferenceMap(ref.frames, descriptors, head=None, encoder=encoder.describe(), input_size=(32, 64))
+        >>> len(m), m.dim
+        (111, 2048)
+        >>> query = encoder.features([load_rgb(resolve_path("data/corridor/query/0000042.jpg"))], 32, 64)
+        >>> sims, rows = m.search(query, k=3)   # query 42 is at reference 42 +- 2 (ground truth)
+        >>> m.frames.names[rows[0, 0]]
+        '0000044.jpg'
     """
 
     frames: FrameTable
@@ -179,7 +126,7 @@ class ReferenceMap:
             raise ValueError(f"appended descriptors must be ({len(frames)}, {self.dim}), got {descriptors.shape}")
         clash = np.intersect1d(frames.ids, self.frames.ids)
         if clash.size:
-            raise ValueError(f"frame ids already in the map: {clash[:5].tolist()}")
+            raise InputError(f"frame ids already in the map: {clash[:5].tolist()}")
         self.frames = FrameTable.concatenate([self.frames, frames])
         self.descriptors = np.concatenate([self.descriptors, descriptors])
         for name, extra in (arrays or {}).items():
@@ -336,7 +283,7 @@ def build_index(descriptors: np.ndarray, config: IndexConfig) -> Any:
     try:
         index = faiss.index_factory(d, config.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build index {config.factory!r}: {exc}") from None
+        raise InputError(f"FAISS cannot build index {config.factory!r}: {exc}") from None
     if not index.is_trained:
         index.train(np.ascontiguousarray(descriptors))
     index.add(np.ascontiguousarray(descriptors))

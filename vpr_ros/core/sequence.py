@@ -84,9 +84,10 @@ class SequenceConfig:
         "topk", "seqslam: topk = score only the trajectories through each frame's FAISS top-k (cost "
         "independent of the map size); full = every map frame (exact, cost grows with the map)",
         choices=("topk", "full"))
+    # Chosen on the tuning split (bench/bench_defaults.py, bench/results/defaults.json).
     frame_top_k: int = setting(
-        50, "per-frame candidates retrieved for seqslam (topk search) and seq2im_min; seqslam over 10 frames "
-        "on Nordland (CNN): recall@1 0.815 with 20, 0.839 with 50, 0.846 with 100, 0.845 full search", min=1)
+        10, "per-frame candidates retrieved for seqslam (topk search) and seq2im_min; more candidates come "
+        "closer to search: full, at a cost that grows with them", min=1)
     vote_k: int = setting(5, "seq2im_mode: nearest map frames each frame of the sequence votes for", min=1)
 
     def __post_init__(self) -> None:
@@ -390,9 +391,11 @@ class SequenceResult:
 class SequenceMatcher:
     """Keeps the query sequence of one camera and fuses each new frame with it (the ``sequence`` stage).
 
-    Example:
-        >>> matcher = SequenceMatcher(SequenceConfig(method="seqslam"), map_descriptors, 5)  # doctest: +SKIP
-        >>> result = matcher.fuse(descriptor, rows, scores, stamp=12.5)                   # doctest: +SKIP
+    The localizer owns one per camera; per query frame it passes the frame's descriptor and its single-frame
+    candidates (map rows and scores), and gets the sequence answer::
+
+        matcher = SequenceMatcher(SequenceConfig(method="seqslam"), refmap.descriptors, top_k=5)
+        result = matcher.fuse(descriptor, rows, scores, stamp=12.5)   # SequenceResult: rows, scores, frames
     """
 
     def __init__(self, config: SequenceConfig, descriptors: np.ndarray, top_k: int) -> None:

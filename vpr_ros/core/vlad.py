@@ -33,9 +33,9 @@ _EPS = 1e-12
 class VladConfig:
     """VLAD vocabulary and PCA-whitening fitted on the reference images at map build time."""
 
-    num_clusters: int = setting(
-        64, "VLAD clusters K (k-means on sampled local features); corridor R@1 over 5 seeds: K=32 0.89-0.95, "
-        "K=64 0.91-0.94", min=2)
+    # num_clusters, whiten and whiten_regularisation were chosen on the tuning split (bench/bench_defaults.py,
+    # bench/results/defaults.json; test/test_defaults_provenance.py keeps them in step).
+    num_clusters: int = setting(32, "VLAD clusters K (k-means on sampled local features)", min=2)
     fit_images: int = setting(1000, "reference images sampled to fit the vocabulary and the PCA-whitening",
                               min=2)
     kmeans_features_per_image: int = setting(200, "local features sampled per image for k-means", min=1)
@@ -47,10 +47,9 @@ class VladConfig:
                            "of reference images - 1", min=0)
     whiten: bool = setting(True, "scale PCA components by 1/sqrt(eigenvalue + regularisation)")
     whiten_regularisation: float = setting(
-        1.0, "added to each eigenvalue, as a fraction of the largest one, before whitening: 0 = full "
+        0.1, "added to each eigenvalue, as a fraction of the largest one, before whitening: 0 = full "
         "whitening, large = plain PCA. Full whitening amplifies the noise of small components when the map "
-        "has few images (corridor, 111 images: R@1 0.72 at 0.01, 0.93 at 1.0); try 0.1 for maps of "
-        "thousands of images", min=0.0)
+        "has few images: try 1.0 for maps of a few dozen images", min=0.0)
     seed: int = setting(0, "random seed for sampling and k-means", min=0)
 
 

@@ -1,12 +1,23 @@
-"""Ground truth: which reference frames are correct matches for each query."""
+"""Ground truth: which reference frames are correct matches for each query.
+
+A :class:`GroundTruth` holds, per query, the map rows that count as correct. It is made from one of three
+rules, resolved against the map's and the queries' frame tables by :func:`resolve_ground_truth`:
+
+* :class:`WithinDistance` -- a reference within so many metres (and degrees of heading) of the query pose;
+* :class:`WithinIndex`    -- aligned traversals: query i matches reference ids i-K..i+K (e.g. Nordland);
+* :class:`VprBenchFile`   -- a VPR-Bench ``ground_truth_new.npy`` (query index -> reference indices).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from vpr_ros.core.frames import FrameTable
+from vpr_ros.errors import InputError
 from vpr_ros.io.poses import quaternion_to_yaw
 
 
@@ -72,7 +83,7 @@ def positives_from_vpr_bench(path: str | Path, ref_ids: np.ndarray, num_queries:
     try:
         rows = np.load(path, allow_pickle=True)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a VPR-Bench ground-truth .npy ({exc})") from None
+        raise InputError(f"{path}: not a VPR-Bench ground-truth .npy ({exc})") from None
     row_of_id = {int(fid): row for row, fid in enumerate(ref_ids)}
     positives = [np.zeros(0, np.int64) for _ in range(num_queries)]
     for entry in rows:
@@ -87,3 +98,73 @@ def positives_by_index(num_queries: int, ref_ids: np.ndarray, tolerance: int) ->
     ids = np.asarray(ref_ids)
     positives = [np.flatnonzero(np.abs(ids - i) <= tolerance).astype(np.int64) for i in range(num_queries)]
     return GroundTruth(positives, f"same index +-{tolerance}")
+
+
+@dataclass(frozen=True)
+class WithinDistance:
+    """Correct: a reference within ``metres`` of the query position (and ``degrees`` of its heading, if given)."""
+
+    metres: float = 25.0
+    degrees: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.metres > 0:
+            raise InputError(f"distance threshold must be positive metres, got {self.metres}")
+        if self.degrees is not None and not self.degrees > 0:
+            raise InputError(f"angle threshold must be positive degrees, got {self.degrees}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": "within distance", "dist_threshold_m": self.metres, "angle_threshold_deg": self.degrees}
+
+
+@dataclass(frozen=True)
+class WithinIndex:
+    """Correct: aligned traversals, query i matches references whose id is within +-``tolerance`` of i."""
+
+    tolerance: int
+
+    def __post_init__(self) -> None:
+        if self.tolerance < 0:
+            raise InputError(f"index tolerance must be >= 0, got {self.tolerance}")
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": "within index", "index_tolerance": self.tolerance}
+
+
+@dataclass(frozen=True)
+class VprBenchFile:
+    """Correct: the references a VPR-Bench ``ground_truth_new.npy`` lists for each query index."""
+
+    path: Path
+
+    def describe(self) -> dict[str, Any]:
+        return {"rule": "VPR-Bench file", "file": str(self.path)}
+
+
+GroundTruthRule = WithinDistance | WithinIndex | VprBenchFile
+
+
+def resolve_ground_truth(rule: GroundTruthRule | GroundTruth | str | Path, ref_frames: FrameTable,
+                         query_frames: FrameTable) -> GroundTruth:
+    """The positives per query that ``rule`` gives for these map and query frames.
+
+    A path (``str`` or ``Path``) is a VPR-Bench file; a :class:`GroundTruth` is returned as it is, after
+    checking it has one entry per query.
+    """
+    if isinstance(rule, str | Path):
+        rule = VprBenchFile(Path(rule))
+    if isinstance(rule, GroundTruth):
+        if len(rule) != len(query_frames):
+            raise InputError(f"ground truth has {len(rule)} queries, the query source {len(query_frames)}")
+        return rule
+    if isinstance(rule, VprBenchFile):
+        return positives_from_vpr_bench(rule.path, ref_frames.ids, len(query_frames))
+    if isinstance(rule, WithinIndex):
+        return positives_by_index(len(query_frames), ref_frames.ids, rule.tolerance)
+    if isinstance(rule, WithinDistance):
+        if np.isnan(query_frames.positions).all():
+            raise InputError("the queries have no poses, so there is no ground truth by distance (give a pose "
+                             "file or topic, or another ground-truth rule)")
+        return positives_within(query_frames.positions, ref_frames.positions, rule.metres,
+                                query_frames.orientations, ref_frames.orientations, rule.degrees)
+    raise TypeError(f"not a ground-truth rule: {type(rule).__name__}")

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.core.refmap import FrameTable
+from vpr_ros.core.frames import FrameTable
 from vpr_ros.eval.ground_truth import GroundTruth
 from vpr_ros.eval.metrics import (
     DEFAULT_NS,
@@ -65,7 +65,7 @@ def evaluation_extras(results: Sequence[QueryResult], ref_frames: FrameTable, qu
     return extras
 
 
-def write_evaluation(results: Sequence[QueryResult], gt: GroundTruth, out: str | Path, ref_frames: FrameTable,
+def write_evaluation(results: Sequence[QueryResult], gt: GroundTruth, out: str | Path | None, ref_frames: FrameTable,
                      query_frames: FrameTable | None = None, ns: Sequence[int] = DEFAULT_NS,
                      info: dict[str, Any] | None = None, plots: bool = True,
                      load_query: Callable[[int], np.ndarray] | None = None,
@@ -73,7 +73,7 @@ def write_evaluation(results: Sequence[QueryResult], gt: GroundTruth, out: str |
                      latency_title: str = "pipeline latency per query",
                      pose_thresholds: Sequence[tuple[float, float]] = ROBOTCAR_SEASONS_THRESHOLDS,
                      score_kind: str = "score", curves: dict[str, PrecisionRecall] | None = None) -> dict[str, Any]:
-    """Build the report, write ``<out>/report.json`` and the plots; return the report.
+    """Build the report and, when ``out`` is given, write ``<out>/report.json`` and the plots; return the report.
 
     Args:
         results: one per query, ``ranked`` holding map rows.
@@ -82,11 +82,14 @@ def write_evaluation(results: Sequence[QueryResult], gt: GroundTruth, out: str |
         score_kind: what the precision-recall threshold applies to (``score`` or ``confidence``).
         curves: precision-recall curves to plot side by side (default: the one of ``results``).
     """
-    out = Path(out)
     report = build_report(results, gt, ns, info, score_kind=score_kind)
     extras = evaluation_extras(results, ref_frames, query_frames, pose_thresholds)
     per_query = report.pop("per_query")
     report.update(extras)
+    if out is None:
+        report["per_query"] = per_query
+        return report
+    out = Path(out)
     written = []
     if plots:
         written.append(plot_evaluation(results, gt, out / "recall.png", load_query=load_query, load_ref=load_ref,

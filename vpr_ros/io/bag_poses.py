@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vpr_ros.io.bags import Bag, BagError
+from vpr_ros.errors import InputError
+from vpr_ros.io.bag_reader import Bag, BagError
 from vpr_ros.io.geodesy import GeodeticOrigin, geodetic_to_enu
 from vpr_ros.io.poses import PoseFileError, PoseTable, interpolate_poses, read_pose_file
 from vpr_ros.io.transforms import compose, invert
@@ -59,7 +60,7 @@ class PoseSpec:
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.topic, self.tf, self.file)) > 1:
-            raise ValueError("give one pose source: a pose topic, a tf chain or a pose file")
+            raise InputError("give one pose source: a pose topic, a tf chain or a pose file")
 
     @property
     def given(self) -> bool:
@@ -265,10 +266,3 @@ def tf_chain_poses(bag: Bag, parent: str, child: str, stamps: np.ndarray, max_ga
     t[~valid] = np.nan
     q[~valid] = np.nan
     return PoseResult(t, q, valid, f"tf {parent} -> {child}", frame_id=parent)
-
-
-def describe_spec(spec: PoseSpec) -> dict[str, Any]:
-    """Pose source for provenance records."""
-    return {"topic": spec.topic, "tf": list(spec.tf) if spec.tf else None,
-            "file": str(spec.file) if spec.file else None, "max_time_diff_s": spec.max_time_diff,
-            "max_gap_s": spec.max_gap}

@@ -9,10 +9,19 @@ header stamp unless given.
 A bag is written under a temporary name and renamed into place when closed without error, so an interrupted
 conversion never leaves a half-written bag under the final name.
 
-Example:
-    >>> with BagWriter("out/run1", storage="mcap") as bag:             # doctest: +SKIP
-    ...     bag.write_image("/camera/image_raw", 12.5, rgb)
-    ...     bag.write_pose("/pose", 12.5, [1.0, 2.0, 0.0], [0, 0, 0, 1])
+Example (three corridor frames with poses 1 m apart):
+    >>> import tempfile
+    >>> from vpr_ros.core.image import load_rgb
+    >>> from vpr_ros.core.paths import resolve_path
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> with BagWriter(Path(tmp.name) / "run1", storage="mcap") as bag:
+    ...     for i in range(3):
+    ...         rgb = load_rgb(resolve_path(f"data/corridor/ref/{i:07d}.jpg"))
+    ...         bag.write_image("/camera/image_raw", 12.5 + i, rgb)
+    ...         bag.write_pose("/pose", 12.5 + i, [float(i), 0.0, 0.0], [0, 0, 0, 1])
+    >>> sorted(p.name for p in (Path(tmp.name) / "run1").iterdir())
+    ['metadata.yaml', 'run1_0.mcap']
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vpr_ros.errors import InputError
 
 STORAGES = ("sqlite3", "mcap", "ros1")
 POSE_KINDS = {"pose": "geometry_msgs/msg/PoseStamped",
@@ -44,10 +55,10 @@ class BagWriter:
         from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
         if storage not in STORAGES:
-            raise ValueError(f"bag storage {storage!r} is not one of {list(STORAGES)}")
+            raise InputError(f"bag storage {storage!r} is not one of {list(STORAGES)}")
         self.path = Path(path)
         if storage == "ros1" and self.path.suffix != ".bag":
-            raise ValueError(f"{self.path}: ROS 1 bags must be named *.bag")
+            raise InputError(f"{self.path}: ROS 1 bags must be named *.bag")
         if self.path.exists():
             raise FileExistsError(f"{self.path} already exists")
         self.storage = storage
@@ -178,7 +189,7 @@ class BagWriter:
         """One pose as PoseStamped (``pose``), PoseWithCovarianceStamped (``pose_cov``) or Odometry."""
         t = self.typestore.types
         if kind not in POSE_KINDS:
-            raise ValueError(f"pose kind {kind!r} is not one of {list(POSE_KINDS)}")
+            raise InputError(f"pose kind {kind!r} is not one of {list(POSE_KINDS)}")
         pose = self._pose(position, orientation)
         header = self.header(stamp, frame_id, stamp_ns)
         cov = t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36))

@@ -10,6 +10,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vpr_ros.errors import InputError
+
 # ROS encoding -> (channels, numpy dtype, OpenCV conversion to RGB or None)
 _ENCODINGS: dict[str, tuple[int, Any, int | None]] = {
     "rgb8": (3, np.uint8, None),
@@ -32,11 +34,20 @@ _ENCODINGS: dict[str, tuple[int, Any, int | None]] = {
     "bayer_bggr16": (1, np.uint16, cv2.COLOR_BayerRG2RGB),
     "bayer_gbrg16": (1, np.uint16, cv2.COLOR_BayerGR2RGB),
     "bayer_grbg16": (1, np.uint16, cv2.COLOR_BayerGB2RGB),
+    # YUV 4:2:2, two pixels in four bytes (USB / V4L2 cameras), BT.601 video range as OpenCV converts it.
+    # cv_bridge reads the older names the same way: "yuv422" is UYVY (U0 Y0 V0 Y1), "yuv422_yuy2" is YUY2
+    # (Y0 U0 Y1 V0); sensor_msgs later added "uyvy" and "yuyv" as their clearer names.
+    "yuv422": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": (2, np.uint8, cv2.COLOR_YUV2RGB_UYVY),
+    "yuv422_yuy2": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
+    "yuyv": (2, np.uint8, cv2.COLOR_YUV2RGB_YUY2),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+#: Encodings whose pixels come in horizontal pairs sharing one chroma sample: the width must be even.
+_PIXEL_PAIRS = frozenset({"yuv422", "uyvy", "yuv422_yuy2", "yuyv"})
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InputError):
     """An image message cannot be turned into an RGB image. ``kind`` groups errors for diagnostics."""
 
     def __init__(self, kind: str, message: str) -> None:
@@ -45,7 +56,11 @@ class ImageDecodeError(ValueError):
 
 
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB. 16-bit images keep their 8 most significant bits."""
+    """sensor_msgs/Image -> (H, W, 3) uint8 RGB. 16-bit images keep their 8 most significant bits.
+
+    ``step`` (row padding) is honoured for every encoding, ``is_bigendian`` for the 16-bit ones (8-bit data,
+    YUV included, is a byte sequence with no byte order).
+    """
     encoding = str(msg.encoding)
     spec = _ENCODINGS.get(encoding)
     if spec is None:
@@ -55,6 +70,9 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ImageDecodeError("empty", f"zero-size image ({width}x{height}, encoding {encoding})")
+    if encoding in _PIXEL_PAIRS and width % 2:
+        raise ImageDecodeError("size", f"{encoding} image {width}x{height}: this encoding packs pixels in pairs, "
+                                       "so the width must be even")
     itemsize = np.dtype(dtype).itemsize
     row_bytes = width * channels * itemsize
     data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview, np.ndarray))

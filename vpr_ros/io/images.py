@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vpr_ros.core.frames import FrameSource, FrameTable
 from vpr_ros.core.image import IMAGE_SUFFIXES, load_rgb
-from vpr_ros.core.map_builder import FrameSource
-from vpr_ros.core.refmap import FrameTable
 from vpr_ros.io.poses import PoseFileError, interpolate_poses, read_pose_file
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vpr_ros.errors import InputError
+from vpr_ros.io.transforms import known_rows, map_rotations, quat_from_euler
 
 KNOWN_COLUMNS = ("name", "x", "y", "z", "yaw", "qx", "qy", "qz", "qw", "stamp")
 HEADERLESS = {
@@ -37,7 +41,7 @@ HEADERLESS = {
 }
 
 
-class PoseFileError(ValueError):
+class PoseFileError(InputError):
     """A pose file cannot be read; the message names the file and line."""
 
 
@@ -62,18 +66,21 @@ class PoseTable:
 
 
 def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
-    """Rotation about +z by ``yaw`` radians as quaternions (..., 4) in x, y, z, w order."""
-    yaw = np.asarray(yaw, dtype=np.float64)
-    q = np.zeros((*yaw.shape, 4))
-    q[..., 2] = np.sin(yaw / 2)
-    q[..., 3] = np.cos(yaw / 2)
-    return q
+    """Rotation about +z by ``yaw`` radians as quaternions (..., 4) in x, y, z, w order; NaN stays NaN."""
+    return quat_from_euler(0.0, 0.0, yaw)
 
 
 def quaternion_to_yaw(q: np.ndarray) -> np.ndarray:
-    """Heading (rotation about +z) of quaternions (..., 4) x, y, z, w, in radians; NaN stays NaN."""
-    x, y, z, w = np.moveaxis(np.asarray(q, dtype=np.float64), -1, 0)
-    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    """Heading of quaternions (..., 4) x, y, z, w in radians: the direction of the body x axis in the xy plane.
+
+    This is the yaw of the z-y'-x'' Euler decomposition, computed without scipy's gimbal-lock warning for a
+    camera looking straight up or down. NaN stays NaN.
+    """
+    def heading(r: Rotation) -> np.ndarray:
+        forward = r.apply([1.0, 0.0, 0.0])
+        return np.arctan2(forward[:, 1], forward[:, 0])
+
+    return map_rotations(q, heading, 0)
 
 
 def read_pose_file(path: str | Path, fmt: str = "auto") -> PoseTable:
@@ -185,17 +192,20 @@ def write_pose_csv(path: str | Path, table: PoseTable) -> None:
 
 
 def slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Spherical linear interpolation between quaternion rows (N, 4) at fractions t (N,)."""
-    dot = np.sum(q0 * q1, axis=1)
-    q1 = np.where(dot[:, None] < 0, -q1, q1)
-    dot = np.abs(dot)
-    theta = np.arccos(np.clip(dot, -1.0, 1.0))
-    sin = np.sin(theta)
-    small = sin < 1e-6
-    w0 = np.where(small, 1 - t, np.sin((1 - t) * theta) / np.where(small, 1, sin))
-    w1 = np.where(small, t, np.sin(t * theta) / np.where(small, 1, sin))
-    q = w0[:, None] * q0 + w1[:, None] * q1
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
+    """Spherical linear interpolation between quaternion rows (N, 4) at fractions t (N,), along the shorter arc.
+
+    The same maths as scipy's ``Slerp`` (q0 · exp(t · log(q0⁻¹ q1))), one pair of key rotations per row; the
+    result lies in q0's hemisphere. Rows where q0 or q1 is unknown (NaN) come back NaN.
+    """
+    q0, q1 = np.asarray(q0, dtype=np.float64), np.asarray(q1, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    known = known_rows(q0, q1)
+    q = np.full(q0.shape, np.nan)
+    if known.any():
+        r0 = Rotation.from_quat(q0[known])
+        delta = (r0.inv() * Rotation.from_quat(q1[known])).as_rotvec()  # shorter arc: angle <= pi
+        q[known] = (r0 * Rotation.from_rotvec(delta * t[known, None])).as_quat()
+    return q
 
 
 def interpolate_poses(table: PoseTable, stamps: np.ndarray, max_gap: float = np.inf,
@@ -210,7 +220,7 @@ def interpolate_poses(table: PoseTable, stamps: np.ndarray, max_gap: float = np.
     ts, pos, ori = table.stamps[order], table.positions[order], table.orientations[order]
     stamps = np.asarray(stamps, dtype=np.float64)
     if len(ts) == 0:
-        raise ValueError("no poses to interpolate")
+        raise InputError("no poses to interpolate")
     if len(ts) == 1:
         ok = np.abs(stamps - ts[0]) <= max_extrapolation
         return (np.where(ok[:, None], pos[0], np.nan), np.where(ok[:, None], ori[0], np.nan), ok)
@@ -220,10 +230,7 @@ def interpolate_poses(table: PoseTable, stamps: np.ndarray, max_gap: float = np.
     t = np.clip((stamps - ts[lo]) / np.where(span > 0, span, 1), 0.0, 1.0)
     # Weighted sum rather than lo + t * (hi - lo): a pose sampled exactly at a requested stamp comes back unchanged.
     positions = (1.0 - t)[:, None] * pos[lo] + t[:, None] * pos[hi]
-    has_ori = ~np.isnan(ori[lo]).any(1) & ~np.isnan(ori[hi]).any(1)
-    orientations = np.full((len(stamps), 4), np.nan)
-    if has_ori.any():
-        orientations[has_ori] = slerp(ori[lo][has_ori], ori[hi][has_ori], t[has_ori])
+    orientations = slerp(ori[lo], ori[hi], t)
     outside = (stamps < ts[0] - max_extrapolation) | (stamps > ts[-1] + max_extrapolation)
     valid = ~outside & (span <= max_gap)
     positions[~valid] = np.nan

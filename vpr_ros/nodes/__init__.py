@@ -1,1 +1,2 @@
-"""ROS 2 nodes and command-line tools: thin layers over vpr_ros.core."""
+"""ROS 2 code only: the localize node, message conversion, its runtime helpers, the replay client and the harness
+that starts the node and its client together (:mod:`vpr_ros.nodes.harness`)."""

@@ -25,6 +25,7 @@ from typing import Any
 from vpr_ros.eval.metrics import latency_stats
 from vpr_ros.eval.process_memory import RssSampler
 from vpr_ros.io.bags import COMPRESSED_IMAGE, BagFrameSource, iter_serialized_frames
+from vpr_ros.nodes.harness import LocalizeLaunch, parse_parameter_assignments, run_localize
 
 log = logging.getLogger(__name__)
 
@@ -141,57 +142,32 @@ def replay_live(map_path: Path, queries: BagFrameSource, params_file: Path | Non
         rate: replay speed (1 = as recorded).
         drain_timeout: after the last frame, wait this long without new answers before stopping.
     """
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
-
-    from vpr_ros.nodes.replay import LocalizeClient, NodeProcess
-
     loader = queries.loader
     assert loader is not None, "live replay needs a bag frame source"
     compressed = loader.index.msgtype == COMPRESSED_IMAGE
-    ros_args = [*(["--params-file", str(params_file)] if params_file else []), "-r", f"__ns:=/{namespace}",
-                "-p", f"map_path:={map_path}", "-p", f"image_transport:={'compressed' if compressed else 'raw'}",
-                "-p", "diagnostics_period:=0.5"]
-    for p in parameters:
-        ros_args += ["-p", p]
-    topic = f"/{namespace}/image" + ("/compressed" if compressed else "")
-    rclpy.init()
-    client = LocalizeClient(node_namespace=f"/{namespace}/localize", image_topic=topic, compressed=compressed,
-                            name="vpr_bag_player")
-    executor = SingleThreadedExecutor()
-    executor.add_node(client)
-    spin = threading.Thread(target=executor.spin, name="player_spin", daemon=True)
-    spin.start()
-    try:
-        with NodeProcess(ros_args, log_path=log_path) as node:
-            if not client.wait_until_ready(ready_timeout):
-                raise RuntimeError(f"the localize node did not come up within {ready_timeout:.0f} s"
-                                   + (f"; see {log_path}" if log_path else ""))
-            status = client.latest_diagnostic()
-            if status.get("message", "").startswith("no map"):
-                raise RuntimeError(f"the localize node could not load the map: {status['message']}")
-            frames = prefetch(iter_serialized_frames(loader.index, loader.ordinals))
-            try:
-                first = next(frames, None)
-                if first is None:
-                    raise ValueError("no frames to replay")
-                # Warm-up (lock-step, not counted): the first inference allocates ONNX Runtime's arenas.
-                warm_key = client.publish_serialized(first[2], stamp_key(first[1]))
-                if client.wait_for(warm_key, timeout=60.0) is None:
-                    raise RuntimeError("the localize node did not answer the warm-up frame within 60 s")
-                # Counters are reported relative to the first /diagnostics that includes the warm-up frame.
-                _wait(lambda: int(client.latest_diagnostic().get("frames_processed", 0)) >= 1, 5.0)
-                before = client.latest_diagnostic()
-                client.forget()
-                run = _play(client, node, first, frames, rate, drain_timeout, before, memory_period)
-            finally:
-                frames.close()  # stops the prefetch thread
-            run.node_alive = node.alive()
-            return run
-    finally:
-        executor.shutdown()
-        client.destroy_node()
-        rclpy.try_shutdown()
+    launch = LocalizeLaunch({"map_path": str(map_path), "image_transport": "compressed" if compressed else "raw",
+                             "diagnostics_period": 0.5, **parse_parameter_assignments(parameters)},
+                            namespace=f"/{namespace}", params_file=params_file, own_process=True, log_path=log_path)
+    with run_localize(launch, client_name="vpr_bag_player", ready_timeout=ready_timeout) as localize:
+        client, node = localize.client, localize.process
+        frames = prefetch(iter_serialized_frames(loader.index, loader.ordinals))
+        try:
+            first = next(frames, None)
+            if first is None:
+                raise ValueError("no frames to replay")
+            # Warm-up (lock-step, not counted): the first inference allocates ONNX Runtime's arenas.
+            warm_key = client.publish_serialized(first[2], stamp_key(first[1]))
+            if client.wait_for(warm_key, timeout=60.0) is None:
+                raise RuntimeError("the localize node did not answer the warm-up frame within 60 s")
+            # Counters are reported relative to the first /diagnostics that includes the warm-up frame.
+            _wait(lambda: int(client.latest_diagnostic().get("frames_processed", 0)) >= 1, 5.0)
+            before = client.latest_diagnostic()
+            client.forget()
+            run = _play(client, node, first, frames, rate, drain_timeout, before, memory_period)
+        finally:
+            frames.close()  # stops the prefetch thread
+        run.node_alive = localize.alive()
+        return run
 
 
 def _play(client: Any, node: Any, first: tuple[int, int, bytes], frames: Iterator[tuple[int, int, bytes]],

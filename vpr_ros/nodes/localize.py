@@ -41,11 +41,11 @@ from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, unflatten
+from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Localizer
 from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
-from vpr_ros.nodes.localize_config import LocalizeNodeConfig
 from vpr_ros.nodes.messages import (
     hypothesis_to_matches,
     hypothesis_to_pose,
@@ -157,10 +157,18 @@ class LocalizeNode(Node):
         self.slot.put((msg, time.perf_counter()))
 
     def _work(self) -> None:
-        while rclpy.ok() and not self.slot.closed:
+        while self.context.ok() and not self.slot.closed:
             item = self.slot.take(timeout=0.5)
-            if item is not None:
+            if item is None:
+                continue
+            try:
                 self.process(*item)
+            except Exception:
+                if self.context.ok():
+                    raise
+                # SIGINT shuts the context down (rclpy's handler) before main() can stop this thread; the frame
+                # in flight has nowhere left to be published, so stop quietly instead of dying on the publish.
+                return
 
     def process(self, msg: Any, received_at: float) -> None:
         """Decode, localize and publish one frame; every failure is counted and reported."""

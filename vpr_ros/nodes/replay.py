@@ -1,23 +1,18 @@
 """Drive a running localize node over real topics: publish images, collect what it answers.
 
-Used by ``make demo``, the integration tests and replay evaluation. ``NodeProcess`` starts the node as its own
-executable (``localize --ros-args --params-file ...``); ``LocalizeClient`` publishes frames and pairs each
-with the node's ``~/matches`` answer by stamp, measuring end-to-end latency. Lock-step replay
+Used by ``make demo``, the integration tests and replay evaluation, through :mod:`vpr_ros.nodes.harness` (which
+starts the node and spins this client). ``LocalizeClient`` publishes frames and pairs each with the node's
+``~/matches`` answer by stamp, measuring end-to-end latency. Lock-step replay
 (``send_and_wait``) drops nothing; the rate-based bag player (:mod:`vpr_ros.nodes.live_replay`) publishes
 without waiting, so frames the node cannot keep up with are dropped and counted.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,14 +118,35 @@ class LocalizeClient(Node):
                              else status.level), "message": status.message,
                 **{kv.key: kv.value for kv in status.values}}
 
+    def ready(self) -> bool:
+        """Whether the node subscribes to our image topic and has reported on /diagnostics."""
+        return self.image_pub.get_subscription_count() > 0 and bool(self.latest_diagnostic())
+
     def wait_until_ready(self, timeout: float = 60.0) -> bool:
-        """True once the node subscribes to our image topic and reports on /diagnostics."""
+        """True once :meth:`ready`; False if not within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.image_pub.get_subscription_count() > 0 and self.latest_diagnostic():
+            if self.ready():
                 return True
             time.sleep(0.05)
         return False
+
+    def wait_for_diagnostic(self, predicate: Callable[[dict[str, str]], bool],
+                            timeout: float = 20.0) -> dict[str, str] | None:
+        """The node's latest /diagnostics values once ``predicate`` holds for them; None if not within ``timeout``.
+
+        The values are those of :meth:`latest_diagnostic` (``level``, ``message`` and the key/value pairs).
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                values = self.latest_diagnostic()
+                if values and predicate(values):
+                    return values
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._lock.wait(left)
 
     def publish(self, msg: Image | CompressedImage) -> float:
         stamp = round(stamp_from_msg(msg.header.stamp), 6)
@@ -183,54 +199,3 @@ class LocalizeClient(Node):
             return future.result() if future.done() else None
         finally:
             self.destroy_client(client)
-
-
-class NodeProcess:
-    """The localize node as its own process, as ``ros2 run vpr_ros localize`` would start it.
-
-    Example:
-        >>> with NodeProcess(["--params-file", "config/localize.yaml", "-p", "map_path:=m"]) as proc:  # doctest: +SKIP
-        ...     ...
-    """
-
-    def __init__(self, ros_args: Sequence[str], executable: str | None = None, log_path: Path | None = None) -> None:
-        exe = executable or str(Path(sys.executable).with_name("localize"))
-        if not Path(exe).exists():
-            exe_cmd = [sys.executable, "-m", "vpr_ros.nodes.localize"]
-        else:
-            exe_cmd = [exe]
-        self.cmd = [*exe_cmd, "--ros-args", *ros_args]
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
-
-    def __enter__(self) -> NodeProcess:
-        env = dict(os.environ)
-        env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, env=env, stdout=self._log or subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGINT (clean shutdown), then SIGKILL if it does not exit in ``timeout`` seconds."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._log is not None:
-            self._log.close()

@@ -1,9 +1,9 @@
 """``make demo``: map the shipped corridor images, localize the query traversal through the real node.
 
 1. ``build_map`` (the real CLI, its own process) maps ``data/corridor/ref`` with its nominal poses;
-2. the ``localize`` node starts as its own process with ``config/localize.yaml``;
-3. this process publishes every ``data/corridor/query`` image on a real topic (sensor_msgs/Image) and waits
-   for the node's answer on ``/localize/matches`` (lock-step, so no frame is dropped);
+2. the ``localize`` node starts as its own process with ``config/localize.yaml``, in namespace ``/demo``;
+3. this process publishes every ``data/corridor/query`` image on ``/demo/image`` (sensor_msgs/Image) and
+   waits for the node's answer on ``/demo/localize/matches`` (lock-step, so no frame is dropped);
 4. recall@1/5/10 against the VPR-Bench ground truth and end-to-end latency are printed and written to
    ``<out>/report.json`` with plots ``<out>/recall.png`` and ``<out>/latency.png``.
 """
@@ -13,23 +13,21 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
-from rclpy.executors import SingleThreadedExecutor
 
 from vpr_ros.core.image import load_rgb
 from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.core.refmap import ReferenceMap
+from vpr_ros.eval.evaluate import ref_image_loader
 from vpr_ros.eval.ground_truth import positives_from_vpr_bench
 from vpr_ros.eval.plots import plot_evaluation, plot_latency
 from vpr_ros.eval.report import QueryResult, build_report, summary_line, write_json
 from vpr_ros.io.images import list_images
-from vpr_ros.nodes.evaluate import ref_image_loader
-from vpr_ros.nodes.replay import LocalizeClient, NodeProcess, rgb_to_image_msg
+from vpr_ros.nodes.harness import LocalizeLaunch, NodeStartError, run_localize
+from vpr_ros.nodes.replay import rgb_to_image_msg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,25 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     print("== 2/3 start the localize node and replay the query traversal ==", flush=True)
     queries = list_images(args.data / "query")
     gt = positives_from_vpr_bench(args.data / "ground_truth_new.npy", refmap.frames.ids, len(queries))
-    rclpy.init()
-    client = LocalizeClient(image_topic="/demo/image")
-    executor = SingleThreadedExecutor()
-    executor.add_node(client)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
     results: list[QueryResult] = []
     row_of_id = {int(fid): row for row, fid in enumerate(refmap.frames.ids)}
+    launch = LocalizeLaunch({"map_path": str(map_dir)}, namespace="/demo", params_file=args.params_file,
+                            own_process=True, log_path=out / "localize_node.log")
     try:
-        with NodeProcess(["--params-file", str(args.params_file), "-p", f"map_path:={map_dir}",
-                          "-r", "image:=/demo/image", "-r", "__node:=localize"],
-                         log_path=out / "localize_node.log") as node:
-            if not client.wait_until_ready(timeout=120):
-                print(f"localize node did not come up; see {out / 'localize_node.log'}", file=sys.stderr)
-                return 1
-            status = client.latest_diagnostic()
-            if status.get("message", "").startswith("no map"):
-                print(f"localize node could not load the map: {status['message']}", file=sys.stderr)
-                return 1
+        with run_localize(launch, ready_timeout=120) as localize:
+            client = localize.client
             client.send_and_wait(rgb_to_image_msg(load_rgb(queries[0]), 1e6), timeout=60)  # warm-up frame
             t0 = time.perf_counter()
             for i, path in enumerate(queries):
@@ -82,13 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                                            answer.latency_ms))
             wall = time.perf_counter() - t0
             diag = client.latest_diagnostic()
-            if not node.alive():
-                print("localize node exited unexpectedly", file=sys.stderr)
+            if not localize.alive():
+                print(f"localize node exited unexpectedly; see {launch.log_path}", file=sys.stderr)
                 return 1
-    finally:
-        executor.shutdown()
-        client.destroy_node()
-        rclpy.try_shutdown()
+    except NodeStartError as exc:
+        print(exc, file=sys.stderr)
+        return 1
 
     print("== 3/3 report ==", flush=True)
     report = build_report(results, gt, info={

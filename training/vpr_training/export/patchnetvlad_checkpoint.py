@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import datetime
 import sys
 import warnings
 from collections.abc import Sequence
@@ -45,7 +44,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpr_training.export.default_encoder import dump_card, ort_session, parity, run_onnx, run_torch, sha256_file
+from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
+from vpr_ros.core.files import atomic_savez, sha256_file
+from vpr_training.export.common import ort_session, parity, run_onnx, run_torch
 
 #: torchvision's ImageNet normalisation, which the official ``input_transform`` applies to 0..1 images.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,31 +160,29 @@ def convert(checkpoint: Path, out_dir: Path, model_id: str, check_images: Sequen
     head_path = out_dir / f"{model_id}_head.npz"
     export_onnx(backbone, onnx_path, opset)
     head = head_arrays(state)
-    np.savez(head_path, **head)
+    atomic_savez(head_path, head)
     stats: dict[str, Any] = {"images": len(check_images), "size": list(check_size)}
     if len(check_images):
         batch = np.stack([im.transpose(2, 0, 1) for im in check_images]).astype(np.float32)
         stats.update(parity(run_torch(backbone, batch, chunk=1), run_onnx(ort_session(onnx_path), batch, chunk=1)))
-    card = {
-        "id": model_id, "format_version": 1, "kind": "netvlad",
-        "description": "Official Patch-NetVLAD checkpoint (VGG16 conv5_3 + NetVLAD + WPCA) converted by "
-                       "vpr_training.export.patchnetvlad_checkpoint",
-        "onnx_file": onnx_path.name, "onnx_sha256": sha256_file(onnx_path), "onnx_opset": opset,
-        "head_file": head_path.name, "head_sha256": sha256_file(head_path),
-        "input": {"name": "image", "layout": "NCHW", "colour": "RGB", "range": [0, 255], "dtype": "float32",
-                  "default_size": list(DEFAULT_SIZE), "size_multiple": VGG_STRIDE},
-        "output": {"name": "features", "channels": VGG_DIM, "stride": VGG_STRIDE},
-        "head": {"num_clusters": int(head["centroids"].shape[0]),
-                 "projection_dim": int(head["projection"].shape[0]) if "projection" in head else 0},
-        "source": {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint),
-                   "layout": "patchnetvlad 0.1.8 (models_generic.get_model, WPCA 1x1 conv)"},
-        "parity": stats,
-        "preprocessing_notes": "RGB float32 0..255, NCHW; ImageNet mean/std normalisation inside the graph "
-                               "(equals the official ToTensor + Normalize). Resize frames yourself (the "
-                               "official pipeline uses 640x480).",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    onnx_path.with_suffix(".yaml").write_text(dump_card(card))
+    card = ModelCard.build(
+        id=model_id, kind="netvlad",
+        description="Official Patch-NetVLAD checkpoint (VGG16 conv5_3 + NetVLAD + WPCA) converted by "
+                    "vpr_training.export.patchnetvlad_checkpoint",
+        onnx_file=onnx_path.name, onnx_sha256=sha256_file(onnx_path), opset=opset,
+        head_file=head_path.name, head_sha256=sha256_file(head_path),
+        output_name="features", channels=VGG_DIM, stride=VGG_STRIDE, default_size=DEFAULT_SIZE,
+        sections={
+            "head": {"num_clusters": int(head["centroids"].shape[0]),
+                     "projection_dim": int(head["projection"].shape[0]) if "projection" in head else 0},
+            "source": {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint),
+                       "layout": "patchnetvlad 0.1.8 (models_generic.get_model, WPCA 1x1 conv)"},
+            "parity": stats,
+            "preprocessing_notes": "RGB float32 0..255, NCHW; ImageNet mean/std normalisation inside the graph "
+                                   "(equals the official ToTensor + Normalize). Resize frames yourself (the "
+                                   "official pipeline uses 640x480).",
+        })
+    write_model_card(onnx_path.with_suffix(".yaml"), card)
     return onnx_path
 
 

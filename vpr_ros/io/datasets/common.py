@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from vpr_ros.errors import InputError
 from vpr_ros.io.bag_writer import BagWriter
 from vpr_ros.io.poses import PoseTable, write_pose_csv
 
@@ -69,7 +70,7 @@ def write_traversal(frames: Sequence[Frame], bag_path: Path, storage: str = "sql
     stamps = np.array([f.stamp for f in frames])
     ns = np.array([f.ns for f in frames], dtype=np.int64)
     if len(ns) > 1 and (np.diff(ns) <= 0).any():
-        raise ValueError(f"{bag_path}: frame stamps must increase strictly")
+        raise InputError(f"{bag_path}: frame stamps must increase strictly")
     topics: dict[str, str] = {}
     with BagWriter(bag_path, storage) as bag:
         for f in tqdm(frames, desc=f"write {bag_path.name}", unit="img", disable=not progress):

@@ -30,13 +30,16 @@ Ground truth (MSLS paper / thesis: same place = within 25 m and less than 40 deg
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vpr_ros.errors import InputError
 from vpr_ros.eval.ground_truth import positives_within
 from vpr_ros.io.datasets.common import (
     Frame,
@@ -54,23 +57,111 @@ POSITIVE_ANGLE_DEG = 40.0
 TRAVERSALS = ("database", "query")
 
 
+#: The CSV files of a query / database folder and the columns read from each (besides ``key``).
+MSLS_TABLES: dict[str, tuple[str, ...]] = {
+    "seq_info.csv": ("sequence_key", "frame_number"),
+    "raw.csv": ("ca", "captured_at", "pano"),
+    "postprocessed.csv": ("easting", "northing"),
+}
+
+
 def read_table(path: Path, required: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """A MSLS CSV as key -> row (column name -> text); raises naming the file and the missing columns."""
+    """A MSLS CSV as key -> row (column name -> text, whitespace stripped); raises naming the file and the
+    missing columns."""
     try:
         with open(path, newline="") as fh:
             rows = list(csv.DictReader(fh))
     except FileNotFoundError:
-        raise FileNotFoundError(f"MSLS file {path} does not exist") from None
+        raise FileNotFoundError(f"MSLS file {path} is missing") from None
     if not rows:
         return {}
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
     missing = [c for c in ("key", *required) if c not in rows[0]]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing} (has {list(rows[0])})")
+        raise InputError(f"{path}: missing column(s) {missing} (has {list(rows[0])})")
     return {r["key"]: r for r in rows}
 
 
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("true", "1", "yes")
+
+
+def _number(text: str | None) -> float:
+    """A CSV cell as a float; empty or absent -> NaN."""
+    return float(text) if text else np.nan
+
+
+@dataclass(frozen=True)
+class MslsFolder:
+    """The tables of one city's query or database folder: one row per image, panoramas included.
+
+    Read by :func:`read_msls_folder`; the converter (:class:`Traversal`) and ``vpr_training``'s MSLS reader
+    both start from it. Values a folder does not have (a missing file, row or cell) are NaN, -1 or empty.
+
+    Shape:
+        N = number of images; ``utm`` is (N, 2), every other array (N,).
+    """
+
+    folder: Path
+    keys: list[str]
+    sequence: list[str]         # sequence_key (seq_info.csv)
+    frame_number: np.ndarray    # int64, frame in its sequence (seq_info.csv; -1 unknown)
+    captured_ms: np.ndarray     # float64, capture time in ms since 1970 (raw.csv)
+    compass: np.ndarray         # float64, compass angle: degrees clockwise from north (raw.csv)
+    pano: np.ndarray            # bool, a panorama (raw.csv)
+    utm: np.ndarray             # float64, easting, northing in metres (postprocessed.csv)
+    night: np.ndarray           # bool (postprocessed.csv, optional column)
+    view_direction: list[str]   # "Forward", "Sideways", ... (postprocessed.csv, optional column)
+    tables: frozenset[str]      # the CSV files present with at least one row
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def images(self) -> list[Path]:
+        """Image file of every row: ``<folder>/images/<key>.jpg``."""
+        return [self.folder / "images" / f"{k}.jpg" for k in self.keys]
+
+    def take(self, rows: np.ndarray) -> MslsFolder:
+        """The rows ``rows`` (indices, in that order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return dataclasses.replace(
+            self, keys=[self.keys[i] for i in rows], sequence=[self.sequence[i] for i in rows],
+            frame_number=self.frame_number[rows], captured_ms=self.captured_ms[rows], compass=self.compass[rows],
+            pano=self.pano[rows], utm=self.utm[rows].reshape(-1, 2), night=self.night[rows],
+            view_direction=[self.view_direction[i] for i in rows])
+
+
+def read_msls_folder(folder: Path, required: tuple[str, ...]) -> MslsFolder:
+    """Read the CSV files of one query / database folder (module docstring).
+
+    Args:
+        folder: ``<root>/train_val|test/<city>/query|database``.
+        required: files of :data:`MSLS_TABLES` that must exist; the rows of the first one (in its order) are
+            the images; the other files are read when present.
+
+    Raises:
+        FileNotFoundError: a required file is missing.
+        ValueError: a file lacks a column of :data:`MSLS_TABLES`.
+    """
+    tables = {name: read_table(folder / name, columns) for name, columns in MSLS_TABLES.items()
+              if name in required or (folder / name).is_file()}
+    keys = list(tables[required[0]])
+    seq, raw, post = (tables.get(name, {}) for name in ("seq_info.csv", "raw.csv", "postprocessed.csv"))
+    none: dict[str, str] = {}
+    return MslsFolder(
+        folder=folder, keys=keys,
+        sequence=[seq.get(k, none).get("sequence_key", "") for k in keys],
+        frame_number=np.array([int(_number(seq[k]["frame_number"])) if k in seq else -1 for k in keys],
+                              dtype=np.int64),
+        captured_ms=np.array([_number(raw.get(k, none).get("captured_at")) for k in keys], dtype=np.float64),
+        compass=np.array([_number(raw.get(k, none).get("ca")) for k in keys], dtype=np.float64),
+        pano=np.array([_truthy(raw.get(k, none).get("pano", "false")) for k in keys], dtype=bool),
+        utm=np.array([[_number(post.get(k, none).get("easting")), _number(post.get(k, none).get("northing"))]
+                      for k in keys], dtype=np.float64).reshape(-1, 2),
+        night=np.array([_truthy(post.get(k, none).get("night", "false")) for k in keys], dtype=bool),
+        view_direction=[post.get(k, none).get("view_direction", "") for k in keys],
+        tables=frozenset(name for name, rows in tables.items() if rows))
 
 
 def city_dirs(root: Path, cities: list[str] | None) -> dict[str, Path]:
@@ -92,30 +183,31 @@ class Traversal:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        seq = read_table(folder / "seq_info.csv", ("sequence_key", "frame_number"))
-        raw = read_table(folder / "raw.csv", ("ca", "captured_at", "pano")) if (folder / "raw.csv").is_file() else {}
-        post = read_table(folder / "postprocessed.csv", ("easting", "northing")) \
-            if (folder / "postprocessed.csv").is_file() else {}
-        keys = [k for k in seq if not (raw and _truthy(raw[k]["pano"]))]
-        self.panoramas = len(seq) - len(keys)
+        table = read_msls_folder(folder, ("seq_info.csv",))
+        has_raw = "raw.csv" in table.tables
+        kept = table.take(np.flatnonzero(~table.pano))
+        self.panoramas = len(table) - len(kept)
+        if has_raw and np.isnan(kept.captured_ms).any():
+            raise ValueError(f"{folder / 'raw.csv'}: no captured_at for "
+                             f"{kept.keys[int(np.flatnonzero(np.isnan(kept.captured_ms))[0])]}")
         # captured_at is in milliseconds; without raw.csv (test cities) frames keep their listed order, 1 s apart.
-        captured_ns = np.array([int(float(raw[k]["captured_at"])) * 1_000_000 if raw else i * 1_000_000_000
-                                for i, k in enumerate(keys)], dtype=np.int64)
+        captured_ns = (kept.captured_ms.astype(np.int64) * 1_000_000 if has_raw
+                       else np.arange(len(kept), dtype=np.int64) * 1_000_000_000)
         order = np.argsort(captured_ns, kind="stable")
-        self.keys = [keys[i] for i in order]
+        ordered = kept.take(order)
+        self.keys = ordered.keys
         self.stamps_ns = strictly_increasing(captured_ns[order])
         self.stamps = self.stamps_ns * 1e-9
-        self.sequence = [seq[k]["sequence_key"] for k in self.keys]
-        self.frame_number = np.array([int(float(seq[k]["frame_number"])) for k in self.keys])
-        self.has_poses = bool(post) and bool(raw)
+        self.sequence = ordered.sequence
+        self.frame_number = ordered.frame_number
+        self.has_poses = "postprocessed.csv" in table.tables and has_raw
         n = len(self.keys)
-        self.utm = np.array([[float(post[k]["easting"]), float(post[k]["northing"])] for k in self.keys]) \
-            if self.has_poses else np.full((n, 2), np.nan)
-        self.compass = np.array([float(raw[k]["ca"]) for k in self.keys]) if raw else np.full(n, np.nan)
-        missing = [k for k in self.keys if not (folder / "images" / f"{k}.jpg").is_file()]
+        self.utm = ordered.utm if self.has_poses else np.full((n, 2), np.nan)
+        self.compass = ordered.compass if has_raw else np.full(n, np.nan)
+        missing = [p for p in ordered.images if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{folder / 'images'}: {len(missing)} image(s) listed in seq_info.csv are "
-                                    f"missing, e.g. {missing[0]}.jpg")
+                                    f"missing, e.g. {missing[0].name}")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -167,7 +259,7 @@ def convert_msls(root: str | Path, out: str | Path, cities: list[str] | None = N
     """Convert the cities (default: all found) to ``<out>/<city>/``; returns ``<out>/dataset.yaml``'s content."""
     root, out = Path(root), Path(out)
     if seq_length < 3 or seq_length % 2 == 0:
-        raise ValueError(f"sequence length {seq_length}: MSLS sequences have an odd length >= 3 (a centre frame)")
+        raise InputError(f"sequence length {seq_length}: MSLS sequences have an odd length >= 3 (a centre frame)")
     summary: dict[str, Any] = {"dataset": "Mapillary Street-Level Sequences (Warburg et al., CVPR 2020)",
                                "source": str(root), "cities": {}}
     for city, folder in city_dirs(root, cities).items():

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vpr_ros.core.image import IMAGE_SUFFIXES, load_rgb
+from vpr_ros.errors import InputError
 from vpr_ros.io.datasets.common import Frame, write_dataset_yaml, write_traversal, write_vpr_bench_ground_truth
 from vpr_ros.io.datasets.nordland_partitions import PARTITIONS
 
@@ -55,7 +56,7 @@ def season_frames(folder: Path) -> dict[int, Path]:
             if n is None:
                 continue
             if n in frames:
-                raise ValueError(f"{folder}: frame {n} appears twice ({frames[n].name}, {p.name})")
+                raise InputError(f"{folder}: frame {n} appears twice ({frames[n].name}, {p.name})")
             frames[n] = p
     if not frames:
         raise FileNotFoundError(f"{folder}: no numbered images (expected e.g. images-00010.png)")
@@ -76,7 +77,7 @@ def partition_frames(partition: str) -> tuple[set[int] | None, int | None]:
     numbers = {frame_number(line.strip()) for line in path.read_text().splitlines() if line.strip()}
     numbers.discard(None)
     if not numbers:
-        raise ValueError(f"{path}: no numbered image names")
+        raise InputError(f"{path}: no numbered image names")
     return {int(n) for n in numbers if n is not None}, None
 
 
@@ -89,9 +90,9 @@ def parse_range(text: str | None) -> tuple[int, int, int] | None:
         a, b = int(parts[0]), int(parts[1])
         step = int(parts[2]) if len(parts) > 2 else 1
     except (ValueError, IndexError):
-        raise ValueError(f"frame range {text!r}: expected START:END[:STEP] in frame numbers") from None
+        raise InputError(f"frame range {text!r}: expected START:END[:STEP] in frame numbers") from None
     if step < 1 or b <= a:
-        raise ValueError(f"frame range {text!r}: END must exceed START and STEP be >= 1")
+        raise InputError(f"frame range {text!r}: END must exceed START and STEP be >= 1")
     return a, b, step
 
 
@@ -103,9 +104,9 @@ def convert_nordland(root: str | Path, out: str | Path, seasons: tuple[str, ...]
     written to ``<out>/dataset.yaml``."""
     root, out = Path(root), Path(out)
     if len(seasons) < 2:
-        raise ValueError("give at least two seasons: a reference and a query")
+        raise InputError("give at least two seasons: a reference and a query")
     if image_format not in ("compressed", "raw"):
-        raise ValueError(f"image format {image_format!r} is not compressed or raw")
+        raise InputError(f"image format {image_format!r} is not compressed or raw")
     per_season = {s: season_frames(root / s) for s in seasons}
     common = set.intersection(*(set(f) for f in per_season.values()))
     chosen, partition_tolerance = partition_frames(partition)
@@ -117,7 +118,7 @@ def convert_nordland(root: str | Path, out: str | Path, seasons: tuple[str, ...]
         common &= set(range(a, b, step))
     numbers = np.array(sorted(common), dtype=np.int64)
     if len(numbers) == 0:
-        raise ValueError(f"{root}: no frame is in every season {list(seasons)} and in the selection")
+        raise InputError(f"{root}: no frame is in every season {list(seasons)} and in the selection")
     tolerance = tolerance if tolerance is not None else (partition_tolerance if partition_tolerance else 10)
     out.mkdir(parents=True, exist_ok=True)
     description: dict[str, Any] = {

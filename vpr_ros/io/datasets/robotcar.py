@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vpr_ros.errors import InputError
 from vpr_ros.io.datasets.common import Frame, write_dataset_yaml, write_traversal
 from vpr_ros.io.image_messages import image_msg_to_rgb
 from vpr_ros.io.poses import PoseTable, interpolate_poses
@@ -55,20 +56,20 @@ def read_ins(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             header = [h.strip() for h in next(reader)]
             missing = [c for c in POSE_COLUMNS if c not in header]
             if missing:
-                raise ValueError(f"{path}: missing column(s) {missing}; RobotCar INS/RTK files have "
+                raise InputError(f"{path}: missing column(s) {missing}; RobotCar INS/RTK files have "
                                  f"{', '.join(POSE_COLUMNS)} among others")
             cols = [header.index(c) for c in POSE_COLUMNS]
             rows = [[row[c] for c in cols] for row in reader if row]
     except FileNotFoundError:
         raise FileNotFoundError(f"RobotCar pose file {path} does not exist") from None
     except StopIteration:
-        raise ValueError(f"{path}: empty file") from None
+        raise InputError(f"{path}: empty file") from None
     try:
         values = np.array(rows, dtype=np.float64)
     except ValueError as exc:
-        raise ValueError(f"{path}: non-numeric pose value ({exc})") from None
+        raise InputError(f"{path}: non-numeric pose value ({exc})") from None
     if len(values) == 0:
-        raise ValueError(f"{path}: no poses")
+        raise InputError(f"{path}: no poses")
     return values[:, 0].astype(np.int64), values[:, 1:]
 
 
@@ -105,7 +106,7 @@ def demosaic(mosaic: np.ndarray) -> np.ndarray:
 def _read_mosaic(path: Path) -> np.ndarray:
     mosaic = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mosaic is None or mosaic.ndim != 2:
-        raise ValueError(f"{path}: not a single-channel Bayer PNG")
+        raise InputError(f"{path}: not a single-channel Bayer PNG")
     return mosaic
 
 
@@ -122,7 +123,7 @@ def convert_robotcar(run: str | Path, out: str | Path, poses: str = "auto", imag
     """
     run, out = Path(run), Path(out)
     if image_format not in ("bayer", "rgb", "jpeg"):
-        raise ValueError(f"image format {image_format!r} is not bayer, rgb or jpeg")
+        raise InputError(f"image format {image_format!r} is not bayer, rgb or jpeg")
     if poses == "auto":
         pose_path = run / "gps" / ("rtk.csv" if (run / "gps" / "rtk.csv").is_file() else "ins.csv")
     elif poses in ("ins", "rtk"):
@@ -145,7 +146,7 @@ def convert_robotcar(run: str | Path, out: str | Path, poses: str = "auto", imag
                     position=img_pos[i], orientation=img_ori[i], stamp_ns=t * 1000)
               for i, t in enumerate(stamps_us.tolist()) if valid[i]]
     if not frames:
-        raise ValueError(f"{run}: no image lies within the pose stream of {pose_path}")
+        raise InputError(f"{run}: no image lies within the pose stream of {pose_path}")
     desc = write_traversal(frames, out, storage, progress)
     description = {
         "dataset": "Oxford RobotCar (Maddern et al., IJRR 2017), one run, stereo centre camera",
@@ -172,6 +173,6 @@ def _payload(path: Path, image_format: str):  # noqa: ANN202 - Frame.payload cal
             return "raw", rgb, "rgb8"
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         if not ok:
-            raise ValueError(f"{path}: JPEG encoding failed")
+            raise InputError(f"{path}: JPEG encoding failed")
         return "compressed", jpeg.tobytes(), "jpeg"
     return load

@@ -160,7 +160,7 @@ def _box_sums(values: np.ndarray, rows_matrix: np.ndarray, cols_matrix: np.ndarr
     rows, cols = rows_matrix.shape[0], cols_matrix.shape[0]
     t = (rows_matrix @ values.reshape(h, w * c)).reshape(rows, w, c)
     # One large product over the width axis instead of a stack of small ones: stacked small GEMMs are
-    # slow with a threaded BLAS on a busy machine (measured 30x on 2 shared cores).
+    # much slower with a threaded BLAS, above all on a machine with other work.
     t = cols_matrix @ np.ascontiguousarray(t.transpose(1, 0, 2)).reshape(w, rows * c)
     return np.ascontiguousarray(t.reshape(cols, rows, c).transpose(1, 0, 2))
 
@@ -181,10 +181,11 @@ def patch_descriptors(features: np.ndarray, head: VladHead, grids: Sequence[Patc
     Returns:
         one (B, n_p, P) float32 array per grid, L2-normalised rows, patches row-major.
 
-    Example:
-        >>> grids = make_grids((2, 5, 8), (1, 1, 1), (30, 40), 16)   # doctest: +SKIP
-        >>> [p.shape for p in patch_descriptors(feats, head, grids)]  # doctest: +SKIP
-        [(1, 1131, 4096), (1, 936, 4096), (1, 759, 4096)]
+    For one frame of (30, 40) features, patch sizes 2, 5, 8 at stride 1 and a 4096-d projection, the three
+    arrays are (1, 1131, 4096), (1, 936, 4096) and (1, 759, 4096)::
+
+        grids = make_grids((2, 5, 8), (1, 1, 1), (30, 40), 16)
+        patches = patch_descriptors(features, head, grids)
     """
     if head.projection is None or head.projection_bias is None:
         raise ValueError("patch descriptors need a head with a PCA / WPCA projection (vlad.pca_dim > 0); "
@@ -216,9 +217,9 @@ def choose_strategy(grids: Sequence[PatchGrid], num_clusters: int, feature_dim: 
 
     Cost model in BLAS-flop equivalents: direct 2 n_p K D P; shared 2 h w K D P plus, per cluster, the
     box-sum products on P-wide maps (thin matrix products, counted 8x) and one multiply-add per
-    (patch, cluster, output dim) (counted 50x, memory-bound). Constants measured on 2 AVX-512 cores: at
-    K=16, D=512, P=4096, sizes 2/5/8 on 30x40 the model and the clock agree that direct wins (1.7 s vs
-    3.5 s); shared wins for many scales of small patches with few clusters.
+    (patch, cluster, output dim) (counted 50x, memory-bound); the weights were fitted to wall-clock timings
+    of both strategies. For the performance configuration (K=16, D=512, P=4096, sizes 2/5/8 on 30x40)
+    direct wins; shared wins for many scales of small patches with few clusters.
     """
     h, w = grids[0].feature_hw
     patches = sum(g.count for g in grids)

@@ -24,8 +24,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vpr_ros.core.encoder import EncoderConfig, ModelCard
+from vpr_ros.core.encoders.base import EncoderConfig
+from vpr_ros.core.encoders.model_card import ModelCard
 from vpr_ros.core.image import check_rgb
+from vpr_ros.errors import InputError
 
 THUMBNAIL_PREFIX = "thumbnail"
 #: Bump when the computation changes, so maps built by an older version are refused.
@@ -50,14 +52,14 @@ class ThumbnailSpec:
         prefix, _, spec = model.partition(":")
         match = _SPEC.match(spec.replace(" ", ""))
         if prefix != THUMBNAIL_PREFIX or match is None:
-            raise ValueError(f"encoder model {model!r}: expected 'thumbnail:WxH' or 'thumbnail:WxH,patch=P', "
+            raise InputError(f"encoder model {model!r}: expected 'thumbnail:WxH' or 'thumbnail:WxH,patch=P', "
                              "e.g. 'thumbnail:64x32,patch=8'")
         width, height = int(match["w"]), int(match["h"])
         patch = int(match["p"]) if match["p"] else cls.patch
         if min(width, height, patch) < 1:
-            raise ValueError(f"encoder model {model!r}: width, height and patch must be positive")
+            raise InputError(f"encoder model {model!r}: width, height and patch must be positive")
         if width % patch or height % patch:
-            raise ValueError(f"encoder model {model!r}: the patch side {patch} must divide the thumbnail "
+            raise InputError(f"encoder model {model!r}: the patch side {patch} must divide the thumbnail "
                              f"size {width}x{height}")
         return cls(width, height, patch)
 
@@ -114,7 +116,7 @@ def thumbnail_descriptors(images: list[np.ndarray], spec: ThumbnailSpec) -> np.n
 
 
 class ThumbnailEncoder:
-    """The :class:`vpr_ros.core.encoder.Encoder` of ``thumbnail:WxH[,patch=P]`` models (kind ``global``).
+    """The :class:`vpr_ros.core.encoders.Encoder` of ``thumbnail:WxH[,patch=P]`` models (kind ``global``).
 
     The thumbnail size is part of the encoder's identity, so :meth:`features` always produces it,
     whatever network input size a map records.

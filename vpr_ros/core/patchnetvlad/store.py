@@ -1,8 +1,8 @@
 """The Patch-NetVLAD patch store of a reference map: which patches, how they are encoded, where they live.
 
 A map built with ``patches.preset`` other than ``none`` keeps, per frame and per patch size, the patch
-descriptors of :mod:`vpr_ros.core.patches` in ``arrays/patches_s<size>_t<stride>.npy`` (memory-mapped on
-load, checksummed like every map file) and describes them in the manifest section ``patches``: preset,
+descriptors of :mod:`vpr_ros.core.patchnetvlad.descriptors` in ``arrays/patches_s<size>_t<stride>.npy``
+(memory-mapped on load, checksummed like every map file) and describes them in the manifest section ``patches``: preset,
 sizes, strides, fusion weights, dimension, encoding, feature grid, pixel stride and bytes per frame.
 Patch centres are not stored per frame: every frame of a map has the same network input, so they follow
 from the grid (:meth:`PatchGrid.centres`).
@@ -15,7 +15,7 @@ Encodings (per frame, (n_p, P) descriptors with L2-normalised rows):
 * ``int8`` -- 1 byte: ``round(x * 127 / max|x|)`` with one scale per frame (also stored, ``*_scale``),
   kept as uint8 = int8 + 128 for the integer matrix kernels; absolute error <= max|x| / 254 per value.
   One scale per image leaves every nearest-neighbour decision of that image's similarities unchanged
-  (:mod:`vpr_ros.core.patch_matching`), so matching needs no dequantisation.
+  (:mod:`vpr_ros.core.patchnetvlad.matching`), so matching needs no dequantisation.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from vpr_ros.config import setting
-from vpr_ros.core.patch_presets import ENCODINGS, PRESETS, scale_sizes
-from vpr_ros.core.patches import STRATEGIES, PatchGrid, make_grids, patch_descriptors
+from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, make_grids, patch_descriptors
+from vpr_ros.core.patchnetvlad.presets import ENCODINGS, PRESETS, scale_sizes
 from vpr_ros.core.vlad import VladHead
+from vpr_ros.errors import InputError
 
 PATCH_STORE_VERSION = 1
 SECTION = "patches"
@@ -116,16 +117,16 @@ class PatchSpec:
         try:
             version = int(section.get("format_version", 0))
             if version != PATCH_STORE_VERSION:
-                raise ValueError(f"patch store version {version}, this vpr_ros reads {PATCH_STORE_VERSION}")
+                raise InputError(f"patch store version {version}, this vpr_ros reads {PATCH_STORE_VERSION}")
             grids = make_grids(section["sizes"], section["strides"], tuple(section["feature_hw"]),
                                int(section["pixel_stride"]))
             encoding = str(section["encoding"])
             if encoding not in ENCODINGS:
-                raise ValueError(f"encoding {encoding!r} is not one of {list(ENCODINGS)}")
+                raise InputError(f"encoding {encoding!r} is not one of {list(ENCODINGS)}")
             return cls(str(section["preset"]), tuple(grids), tuple(float(w) for w in section["weights"]),
                        int(section["dim"]), encoding)
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{where}: malformed '{SECTION}' section ({exc})") from None
+            raise InputError(f"{where}: malformed '{SECTION}' section ({exc})") from None
 
 
 def feature_grid(input_hw: tuple[int, int], pixel_stride: int) -> tuple[int, int]:
@@ -211,7 +212,7 @@ def check_store(spec: PatchSpec, arrays: dict[str, np.ndarray], frames: int, whe
         name = spec.array_name(grid)
         expected = (frames, grid.count, spec.dim)
         if name not in arrays:
-            raise ValueError(f"{where}: patch store array {name} is missing")
+            raise InputError(f"{where}: patch store array {name} is missing")
         if tuple(arrays[name].shape) != expected or arrays[name].dtype != dtype:
-            raise ValueError(f"{where}: {name} is {arrays[name].dtype}{tuple(arrays[name].shape)}, the manifest "
+            raise InputError(f"{where}: {name} is {arrays[name].dtype}{tuple(arrays[name].shape)}, the manifest "
                              f"says {np.dtype(dtype).name}{expected}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vpr_ros.core.refmap import read_manifest
+from vpr_ros.errors import InputError
 from vpr_ros.io.bag_poses import PoseSpec
 from vpr_ros.io.bags import BagFrameSource, FrameSelection, bag_frame_source
 from vpr_ros.io.geodesy import GeodeticOrigin
@@ -56,9 +58,9 @@ def parse_origin(text: str | None) -> GeodeticOrigin | None:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise ValueError(f"--gnss-origin expects LAT,LON[,ALT] in degrees and metres, got {text!r}") from None
+        raise InputError(f"--gnss-origin expects LAT,LON[,ALT] in degrees and metres, got {text!r}") from None
     if len(values) not in (2, 3):
-        raise ValueError(f"--gnss-origin expects LAT,LON[,ALT], got {text!r}")
+        raise InputError(f"--gnss-origin expects LAT,LON[,ALT], got {text!r}")
     return GeodeticOrigin(*values)
 
 
@@ -67,12 +69,20 @@ def bag_source_from_args(args: argparse.Namespace, pose_file: Path | None, pose_
                          progress: bool = True) -> BagFrameSource:
     """The frames ``args`` select from ``args.bag`` (poses from a topic, a tf chain or ``pose_file``)."""
     if pose_file is not None and (args.pose_topic or args.tf):
-        raise ValueError("give one pose source: a pose file, --pose-topic or --tf")
+        raise InputError("give one pose source: a pose file, --pose-topic or --tf")
     spec = PoseSpec(topic=args.pose_topic, tf=tuple(args.tf) if args.tf else None, file=pose_file,
                     file_format=pose_format, max_time_diff=max_time_diff, max_gap=args.max_pose_gap,
                     gnss_origin=parse_origin(args.gnss_origin) or origin)
     selection = FrameSelection(min_interval=args.min_interval, min_distance=args.min_distance, start=args.start,
                                end=args.end)
     if selection.min_distance > 0 and not spec.given:
-        raise ValueError("--min-distance needs poses (--pose-topic, --tf or a pose file)")
+        raise InputError("--min-distance needs poses (--pose-topic, --tf or a pose file)")
     return bag_frame_source(args.bag, args.image_topic, spec, selection, progress=progress)
+
+
+def map_geodetic_origin(map_path: Path) -> GeodeticOrigin | None:
+    """The GNSS origin an existing map's poses are relative to (GNSS poses of new frames must use the same)."""
+    if not (map_path / "manifest.yaml").is_file():
+        return None
+    origin = (read_manifest(map_path).get("sections") or {}).get("geodetic_origin")
+    return GeodeticOrigin.from_dict(origin) if origin else None

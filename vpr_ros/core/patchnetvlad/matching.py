@@ -6,7 +6,7 @@ two arg-maxes. For 100 candidates with 936 patches of 512 dimensions (the paper'
 then ``ArgMax`` over each axis, on candidate chunks small enough for the similarity block to stay in
 cache. Only the arg-max indices leave the graph.
 
-Store encodings (:mod:`vpr_ros.core.patch_store`):
+Store encodings (:mod:`vpr_ros.core.patchnetvlad.store`):
 
 * ``float32`` / ``float16``: float products (half precision is widened inside the graph);
 * ``int8``: the stored codes are int8 offset by 128 (uint8, zero point 128) and the query is quantised
@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.core.spatial import PatchMatches, mutual_from_nearest
+from vpr_ros.core.patchnetvlad.scoring import PatchMatches, mutual_from_nearest
 
-#: Candidates per ONNX Runtime call are chosen so the similarity block holds about this many entries (measured
-#: on 2 AVX-512 cores, 936x936 patches: 1-2 candidates per call 140 ms, 9 per call 97 ms for 100 candidates).
+#: Candidates per ONNX Runtime call are chosen so the similarity block holds about this many entries: one or
+#: two candidates per call pay ONNX Runtime's per-call overhead too often, larger blocks leave the cache.
 SIMILARITY_BLOCK = 1 << 23
 INT8_ZERO_POINT = 128
 _sessions: dict[tuple[str, int], Any] = {}

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr_ros.config import setting
-from vpr_ros.core.patch_matching import nearest_patches
-from vpr_ros.core.patch_presets import PRESETS, SCORERS
-from vpr_ros.core.patch_store import SECTION, PatchSpec, PatchStoreConfig, check_store, resolve_spec
-from vpr_ros.core.patches import STRATEGIES, patch_descriptors
-from vpr_ros.core.refmap import MapError, ReferenceMap
-from vpr_ros.core.spatial import (
+from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, patch_descriptors
+from vpr_ros.core.patchnetvlad.matching import nearest_patches
+from vpr_ros.core.patchnetvlad.presets import PRESETS, SCORERS
+from vpr_ros.core.patchnetvlad.scoring import (
     FUSIONS,
     PatchMatches,
     fuse_scales,
@@ -31,6 +29,8 @@ from vpr_ros.core.spatial import (
     rapid_spatial_score_bound,
     rapid_spatial_scores,
 )
+from vpr_ros.core.patchnetvlad.store import SECTION, PatchSpec, PatchStoreConfig, check_store, resolve_spec
+from vpr_ros.core.refmap import MapError, ReferenceMap
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,10 @@ class RerankResult:
 class Reranker:
     """Re-ranks a query's candidates by Patch-NetVLAD patch matching against a map's patch store.
 
-    Example:
-        >>> rr = Reranker(refmap, spec, RerankConfig())                # doctest: +SKIP
-        >>> result = rr.rerank(query_features, candidate_rows)          # doctest: +SKIP
+    The localizer builds one for a map with a patch store and re-ranks each query's retrieval candidates::
+
+        reranker = Reranker(refmap, spec, RerankConfig())
+        result = reranker.rerank(query_features, candidate_rows)   # RerankResult: order, scores, per_scale
     """
 
     def __init__(self, refmap: ReferenceMap, spec: PatchSpec, config: RerankConfig | None = None) -> None:

@@ -8,11 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from vpr_ros.core.map_builder import BuildMapConfig, FrameSource, append_to_map, build_map
-from vpr_ros.core.refmap import read_manifest
-from vpr_ros.io.geodesy import GeodeticOrigin
-from vpr_ros.nodes.bag_cli import add_bag_arguments, bag_source_from_args, check_bag_arguments
-from vpr_ros.nodes.cli import (
+from vpr_ros.cli.bag_options import add_bag_arguments, bag_source_from_args, check_bag_arguments, map_geodetic_origin
+from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
     config_from_args,
@@ -20,8 +17,14 @@ from vpr_ros.nodes.cli import (
     run_cli,
     setup_logging,
 )
+from vpr_ros.core.frames import FrameSource
+from vpr_ros.core.map_builder import BuildMapConfig, append_to_map, build_map
+from vpr_ros.io.geodesy import GeodeticOrigin
+from vpr_ros.io.images import folder_source
 
 log = logging.getLogger("vpr_ros.build_map")
+
+RESUME_HINT = "the unfinished map build resumes when started again with the same arguments"
 
 EXAMPLES = """\
 examples:
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     config = config_from_args(args, node_name="build_map")
     appending = args.append and args.output.exists()
-    source = load_source(args, existing_origin(args.output) if appending else None)
+    source = load_source(args, map_geodetic_origin(args.output) if appending else None)
     provenance = {"command": " ".join(["build_map", *argv]), "images": str(args.images) if args.images else None,
                   "poses": str(args.poses) if args.poses else None, **getattr(source, "info", {})}
     origin = getattr(source, "info", {}).get("geodetic_origin")
@@ -124,27 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def existing_origin(map_path: Path) -> GeodeticOrigin | None:
-    """The GNSS origin an existing map's poses are relative to (appended GNSS poses must use the same)."""
-    origin = (read_manifest(map_path).get("sections") or {}).get("geodetic_origin")
-    return GeodeticOrigin.from_dict(origin) if origin else None
-
-
 def load_source(args: argparse.Namespace, origin: GeodeticOrigin | None) -> FrameSource:
     if args.bag is not None:
         source = bag_source_from_args(args, args.poses, args.pose_format, args.max_time_diff, origin,
                                       progress=not args.quiet)
         log.info("%d frames from %s (%s)", len(source), args.bag, args.image_topic)
         return source
-    from vpr_ros.io.images import folder_source
-
     source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff)
     log.info("%d frames from %s", len(source), args.images)
     return source
 
 
 def entry_point() -> None:
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, interrupted_hint=RESUME_HINT))
 
 
 if __name__ == "__main__":

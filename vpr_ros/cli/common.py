@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 import yaml
 
 from vpr_ros.config import ConfigError, field_docs, load_config
+from vpr_ros.core.paths import resolve_path
+from vpr_ros.errors import InputError
 
 T = TypeVar("T")
 log = logging.getLogger("vpr_ros")
@@ -46,8 +48,6 @@ def config_from_args(args: argparse.Namespace, node_name: str | None = None) -> 
     """Load the config class registered by :func:`add_config_arguments` from --config plus --set."""
     path = None
     if args.config:
-        from vpr_ros.core.paths import resolve_path
-
         path = resolve_path(args.config, what="config file")
     return load_config(args._config_cls, path, parse_overrides(args.set), node_name=node_name)
 
@@ -65,19 +65,19 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run a CLI main; known user errors print one clear line and exit 2, Ctrl-C exits 130."""
-    from vpr_ros.core.refmap import MapError
-    from vpr_ros.io.poses import PoseFileError
-
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+            interrupted_hint: str = "") -> int:
+    """Run a CLI main: the project's input errors (:class:`vpr_ros.errors.InputError`, a missing or existing
+    path) print one clear line and exit 2, argparse's exits keep their status, Ctrl-C exits 130 (printing
+    ``interrupted_hint``, e.g. how to resume). Any other exception is a bug and keeps its traceback.
+    """
     try:
         return main(argv)
-    except (ConfigError, MapError, PoseFileError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (InputError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # argparse: usage errors (2) and --help (0), as an exit status like the rest
         return exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
-        print("interrupted; an unfinished map build resumes when started again with the same arguments",
-              file=sys.stderr)
+        print(f"interrupted{'; ' + interrupted_hint if interrupted_hint else ''}", file=sys.stderr)
         return 130

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from vpr_ros.cli.common import HelpFormatter, run_cli, setup_logging
+from vpr_ros.errors import InputError
 from vpr_ros.io.bag_writer import STORAGES
-from vpr_ros.nodes.cli import HelpFormatter, run_cli, setup_logging
+from vpr_ros.io.datasets.msls import convert_msls
+from vpr_ros.io.datasets.nordland import convert_nordland
+from vpr_ros.io.datasets.robotcar import convert_robotcar
 
 log = logging.getLogger("vpr_ros.convert")
 
@@ -92,27 +96,21 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     progress = not args.quiet
     if args.dataset == "nordland":
-        from vpr_ros.io.datasets.nordland import convert_nordland
-
         desc = convert_nordland(args.root, args.out, tuple(s.strip() for s in args.seasons.split(",")),
                                 args.partition, args.frames, args.tolerance, args.image_format, args.frame_period,
                                 args.storage, progress)
         written = args.out / "dataset.yaml"
     elif args.dataset == "robotcar":
-        from vpr_ros.io.datasets.robotcar import convert_robotcar
-
         try:
             origin = tuple(float(v) for v in args.utm_origin.split(","))
         except ValueError:
-            raise ValueError(f"--utm-origin expects EASTING,NORTHING, got {args.utm_origin!r}") from None
+            raise InputError(f"--utm-origin expects EASTING,NORTHING, got {args.utm_origin!r}") from None
         if len(origin) != 2:
-            raise ValueError(f"--utm-origin expects EASTING,NORTHING, got {args.utm_origin!r}")
+            raise InputError(f"--utm-origin expects EASTING,NORTHING, got {args.utm_origin!r}")
         desc = convert_robotcar(args.run, args.out, args.poses, args.image_format, args.every, args.max_frames,
                                 origin, storage=args.storage, progress=progress)  # type: ignore[arg-type]
         written = args.out.parent / f"{args.out.name.removesuffix('.bag')}_dataset.yaml"
     else:
-        from vpr_ros.io.datasets.msls import convert_msls
-
         cities = [c.strip() for c in args.cities.split(",")] if args.cities else None
         desc = convert_msls(args.root, args.out, cities, args.seq_length, args.storage, progress)
         written = args.out / "dataset.yaml"

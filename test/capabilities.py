@@ -1,0 +1,63 @@
+"""The only reasons a test may be skipped: machine capabilities that the requirements cannot install.
+
+Everything in requirements/*.txt (torch, rclpy, onnx, colcon, the reference Patch-NetVLAD...) and everything
+shipped in the repository (data/, models/ after ``make models``) is required: a test never skips because one of
+them is missing or broken, it fails. A test that needs something a machine may lack by nature (a GPU, a system
+ROS 2 install) says so with ``@pytest.mark.requires("<capability>")``; test/conftest.py skips it with the reason
+below when the probe says the machine lacks it, prints every skip at the end of the run, and fails the run
+(exit status 1) if any test was skipped for a reason that is not one of these.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+SKIP_PREFIX = "missing capability "
+
+
+@dataclass(frozen=True)
+class Capability:
+    """Something a machine may lack, why that is acceptable, and how to tell whether this machine has it."""
+
+    name: str
+    reason: str                 # why a machine may lack it, and what is then left unchecked
+    probe: Callable[[], bool]   # True when this machine has it (called at most once per session)
+
+    @property
+    def skip_reason(self) -> str:
+        return f"{SKIP_PREFIX}{self.name}: {self.reason}"
+
+
+CAPABILITIES: dict[str, Capability] = {c.name: c for c in (
+    # The device nodes, not torch.cuda.is_available(): a machine with an NVIDIA GPU whose torch cannot use it
+    # must fail the GPU tests, not skip them (and probing costs no torch import).
+    Capability("gpu", "no NVIDIA GPU device (/dev/nvidia0); the CUDA paths (training with AMP, NCCL) run only on a "
+               "machine with one", lambda: any(Path("/dev").glob("nvidia[0-9]*"))),
+    Capability("system_ros2", "no `ros2` command: it comes with a system ROS 2 install, not with the PyPI rclpy "
+               "wheels of requirements/runtime.txt; the entry points are then run directly, as `ros2 run` would",
+               lambda: shutil.which("ros2") is not None),
+)}
+
+
+@functools.cache
+def has(name: str) -> bool:
+    """Whether this machine has capability ``name`` (a key of :data:`CAPABILITIES`)."""
+    return CAPABILITIES[name].probe()
+
+
+def skip_reason(name: str) -> str:
+    """The reason a test needing capability ``name`` is skipped with; raises KeyError for an unknown name."""
+    return CAPABILITIES[name].skip_reason
+
+
+def allowed_capability(reason: str) -> str | None:
+    """The capability whose allow-listed reason ``reason`` is exactly, else None (an unexpected skip)."""
+    if not reason.startswith(SKIP_PREFIX):
+        return None
+    name = reason[len(SKIP_PREFIX):].split(":", 1)[0]
+    capability = CAPABILITIES.get(name)
+    return name if capability is not None and capability.skip_reason == reason else None

@@ -1,0 +1,188 @@
+"""Opening a bag of any format ``rosbags`` reads (ROS 2 sqlite3 / MCAP directory or file, ROS 1 ``.bag``),
+with every failure translated into one :class:`BagError` that names the bag."""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from vpr_ros.errors import InputError
+
+log = logging.getLogger(__name__)
+
+BAG_KINDS = {".bag": "ROS 1", ".db3": "ROS 2 (sqlite3)", ".mcap": "ROS 2 (MCAP)"}
+
+
+class BagError(InputError):
+    """A bag cannot be read, lacks a topic, or holds the wrong message type on it; the message says which."""
+
+
+def resolve_bag_path(path: str | Path) -> Path:
+    """The path rosbags opens for ``path``: a ROS 2 bag directory, a .db3/.mcap file or a ROS 1 .bag file."""
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"bag {path} does not exist")
+    if path.is_file() and path.name == "metadata.yaml":
+        path = path.parent
+    if path.is_dir():
+        if (path / "metadata.yaml").is_file():
+            return path
+        storage = sorted(p for p in path.iterdir() if p.suffix in (".db3", ".mcap"))
+        if len(storage) == 1:
+            return storage[0]
+        raise BagError(f"{path}: not a bag (a ROS 2 bag directory holds metadata.yaml and .db3 or .mcap files)")
+    if path.suffix not in BAG_KINDS:
+        raise BagError(f"{path}: not a bag (expected a ROS 2 bag directory, a .db3 or .mcap file, or a ROS 1 .bag "
+                       "file)")
+    return path
+
+
+def bag_kind(path: Path) -> str:
+    """Human-readable format of a resolved bag path."""
+    if path.is_dir():
+        suffixes = {p.suffix for p in path.iterdir()}
+        return BAG_KINDS[".mcap"] if ".mcap" in suffixes else BAG_KINDS[".db3"]
+    return BAG_KINDS[path.suffix]
+
+
+def header_stamp_ns(raw: bytes | memoryview, ros1: bool) -> int | None:
+    """Header stamp of a serialised message whose first field is a std_msgs/Header (Image, CompressedImage...).
+
+    ROS 1 serialisation starts with uint32 seq, uint32 sec, uint32 nsec (little endian). ROS 2 CDR starts with a
+    4-byte encapsulation header (second byte 1 = little endian, 0 = big endian), then int32 sec, uint32 nanosec.
+    Returns None for an encapsulation this does not know (the caller then deserialises the message).
+    """
+    if len(raw) < 12:
+        return None
+    if ros1:
+        _, sec, nsec = struct.unpack_from("<III", raw, 0)
+    else:
+        if raw[0] != 0 or raw[1] not in (0, 1):
+            return None
+        sec, nsec = struct.unpack_from("<iI" if raw[1] == 1 else ">iI", raw, 4)
+    return int(sec) * 1_000_000_000 + int(nsec)
+
+
+class Bag:
+    """An open bag (any format rosbags reads) with errors translated into :class:`BagError`.
+
+    Example (a bag of two corridor frames):
+        >>> import tempfile
+        >>> from vpr_ros.core.image import load_rgb
+        >>> from vpr_ros.core.paths import resolve_path
+        >>> from vpr_ros.io.bag_writer import BagWriter
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> rgb = load_rgb(resolve_path("data/corridor/ref/0000000.jpg"))
+        >>> with BagWriter(Path(tmp.name) / "run1", storage="sqlite3") as writer:
+        ...     writer.write_image("/camera/image_raw", 12.5, rgb)
+        ...     writer.write_image("/camera/image_raw", 13.5, rgb)
+        >>> with Bag(Path(tmp.name) / "run1") as bag:
+        ...     print(bag.describe_topics())
+        topics in this bag: /camera/image_raw (sensor_msgs/msg/Image, 2 msgs)
+        >>> tmp.cleanup()
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = resolve_bag_path(path)
+        self.kind = bag_kind(self.path)
+        self.ros1 = self.path.suffix == ".bag"
+        self._reader: Any = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def open(self) -> Bag:
+        from rosbags.highlevel import AnyReader
+        from rosbags.typesys import Stores, get_typestore
+
+        default = get_typestore(Stores.ROS1_NOETIC if self.ros1 else Stores.ROS2_KILTED)
+        with self.errors("open"):
+            reader = AnyReader([self.path], default_typestore=default)
+            reader.open()
+        self._reader = reader
+        return self
+
+    def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            try:
+                reader.close()
+            except Exception:
+                log.debug("closing %s failed", self.path, exc_info=True)
+
+    def __enter__(self) -> Bag:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Turn whatever the storage layer raises (sqlite, MCAP, ROS 1 records, CDR) into a BagError naming the bag."""
+        try:
+            yield
+        except (BagError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:
+            hint = " (a ROS 1 bag without its index is truncated or still being recorded; `rosbag reindex` " \
+                   "repairs it)" if self.ros1 and "index" in str(exc).lower() else ""
+            detail = str(exc).rstrip(". ")
+            raise BagError(f"{self.path}: cannot {doing} this {self.kind} bag: {type(exc).__name__}: {detail}{hint}. "
+                           "The file is corrupt or truncated, or not a bag") from exc
+
+    @property
+    def reader(self) -> Any:
+        if self._reader is None:
+            raise RuntimeError("bag is not open")
+        return self._reader
+
+    # ---- topics ----------------------------------------------------------------------------------
+    def topics(self) -> dict[str, tuple[str, int]]:
+        """Topic -> (message type, message count)."""
+        out: dict[str, tuple[str, int]] = {}
+        for conn in self.reader.connections:
+            msgtype, count = out.get(conn.topic, (conn.msgtype, 0))
+            out[conn.topic] = (msgtype, count + int(getattr(conn, "msgcount", 0)))
+        return out
+
+    def describe_topics(self) -> str:
+        topics = self.topics()
+        if not topics:
+            return "the bag has no topics"
+        return "topics in this bag: " + ", ".join(f"{t} ({m}, {n} msgs)" for t, (m, n) in sorted(topics.items()))
+
+    def connections(self, topic: str, accepted: Sequence[str], role: str) -> list[Any]:
+        """Connections of ``topic``; BagError if it is missing or of a type not in ``accepted``."""
+        conns = [c for c in self.reader.connections if c.topic == topic]
+        if not conns:
+            raise BagError(f"{self.path}: no topic {topic!r} ({role}); {self.describe_topics()}")
+        wrong = sorted({c.msgtype for c in conns if c.msgtype not in accepted})
+        if wrong:
+            raise BagError(f"{self.path}: topic {topic!r} has message type {', '.join(wrong)}, but the {role} must be "
+                           f"{' or '.join(accepted)}")
+        return conns
+
+    def messages(self, connections: Sequence[Any], start_ns: int | None = None) -> Iterator[tuple[Any, int, Any]]:
+        """(connection, log time ns, raw bytes) in log-time order, errors translated."""
+        with self.errors("read messages of"):
+            it = self.reader.messages(connections=list(connections), start=start_ns)
+        while True:
+            with self.errors("read messages of"):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+
+    def deserialize(self, raw: Any, msgtype: str, topic: str) -> Any:
+        with self.errors(f"deserialise a {msgtype} message on {topic} in"):
+            return self.reader.deserialize(raw, msgtype)
+
+    def to_cdr(self, raw: Any, msgtype: str) -> bytes:
+        """The message as ROS 2 CDR bytes (ROS 1 messages are converted), e.g. to publish it unchanged."""
+        if not self.ros1:
+            return bytes(raw)
+        with self.errors(f"convert a {msgtype} message of"):
+            return bytes(self.reader.typestore.ros1_to_cdr(raw, msgtype))
