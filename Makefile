@@ -4,6 +4,7 @@
 #                 real node; prints recall and latency, writes out/demo/{report.json,*.png}
 #   make test     the test suite (real rclpy graphs on loopback, real FAISS / ONNX Runtime / bags)
 #   make bench    performance suite -> bench/results/*.json (not part of `make test`)
+#   make fuzz     the fuzz suite of `make test` (test/test_fuzz.py) with 20x the cases; same seeds
 #   make models   build the default ONNX encoder (needs torch; done by demo/test when missing)
 #   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
 #   make lint     ruff;  make config  regenerate config/*.yaml from the typed defaults
@@ -21,7 +22,7 @@ ROS_DOMAIN_ID ?= $(shell $(PYTHON) -c 'import random; print(random.randint(1, 10
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench models colcon lint config clean venv
+.PHONY: demo test bench fuzz models colcon lint config clean venv
 
 venv: $(STAMP)
 
@@ -49,6 +50,9 @@ test: $(STAMP) $(DEFAULT_MODEL)
 
 bench: $(STAMP) $(DEFAULT_MODEL)
 	$(PY) -m bench
+
+fuzz: $(STAMP) $(DEFAULT_MODEL)
+	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
 colcon: $(STAMP)
 	. $(VENV)/bin/activate && colcon build --base-paths . --packages-select vpr_ros --build-base build/colcon \
