@@ -32,6 +32,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vpr_ros.cli import build_map, evaluate
 from vpr_ros.cli.common import run_cli
 from vpr_ros.core.encoders import EncoderConfig, make_encoder
+from vpr_ros.core.image import load_rgb
 from vpr_ros.core.map_builder import BuildMapConfig
 from vpr_ros.core.map_builder import build_map as build_map_library
 from vpr_ros.core.refmap import ReferenceMap
@@ -39,6 +40,8 @@ from vpr_ros.errors import InputError
 from vpr_ros.io.bags import bag_frame_source
 from vpr_ros.io.image_messages import compressed_msg_to_rgb, image_msg_to_rgb
 from vpr_ros.io.images import folder_source
+from vpr_ros.nodes.messages import stamp_to_msg
+from vpr_ros.nodes.replay import jpeg_to_compressed_msg, rgb_to_image_msg
 
 SCALE = int(os.environ.get("VPR_FUZZ_SCALE", "1"))
 SEED = 20261129
@@ -251,3 +254,33 @@ def test_random_command_lines_exit_0_or_2_with_one_line(name: str, main: Callabl
             assert not left.name.startswith((".m.tmp", ".m.old")), f"{name} {argv}: left {left}"
         shutil.rmtree(out)
     assert {"corridor": digest_tree(corridor), "map": digest_tree(small_map)} == inputs, "an input was modified"
+
+
+# ---- the node ------------------------------------------------------------------------------------------------
+
+@pytest.mark.ros
+@pytest.mark.parametrize("transport", ["raw", "compressed"])
+def test_node_keeps_answering_after_mutated_messages(start_localize, corridor_map: Path, corridor: Path,
+                                                     transport: str) -> None:
+    endpoint = start_localize(corridor_map, f"/fuzz_{transport}", image_transport=transport)
+    client = endpoint.client
+    jpeg = (corridor / "query" / "0000042.jpg").read_bytes()
+    published = 0
+    for i, rng in enumerate(cases(f"node-{transport}", 30)):
+        if transport == "compressed":
+            msg = jpeg_to_compressed_msg(mutate(jpeg, rng), float(i))
+        else:
+            width, height = rng.choice((0, 3, 160, 4097)), rng.choice((0, 2, 120))
+            msg = Image(height=height, width=width, encoding=rng.choice(ENCODINGS), step=width * 3,
+                        data=bytes(rng.choice((0, 17, height * width * 3))))
+            msg.header.stamp = stamp_to_msg(float(i))
+        client.publish(msg)
+        published += 1
+    good = jpeg_to_compressed_msg(jpeg, 1000.0) if transport == "compressed" else \
+        rgb_to_image_msg(load_rgb(corridor / "query" / "0000042.jpg"), 1000.0)
+    answer = client.send_and_wait(good, timeout=60)
+    assert answer is not None, client.latest_diagnostic()
+    assert abs(int(answer.ref_ids[0]) - 42) <= 2
+    d = client.wait_for_diagnostic(lambda d: int(d["frames_received"]) >= 1 and d["message"] != "")
+    assert d is not None and int(d["frames_received"]) <= published + 1, client.latest_diagnostic()
+    assert endpoint.node.localizer is not None
