@@ -30,9 +30,9 @@ from vpr_ros.errors import InputError
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    from vpr_ros.core.ort import onnxruntime
 
-    available = ort.get_available_providers()
+    available = onnxruntime.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
@@ -55,7 +55,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, config: EncoderConfig | None = None) -> None:
-        import onnxruntime as ort
+        from vpr_ros.core import ort
 
         self.config = config or EncoderConfig()
         self.model_path = resolve_path(self.config.model, what="encoder model")
@@ -65,15 +65,7 @@ class OnnxEncoder:
             raise InputError(
                 f"{self.model_path}: sha256 {self.sha256[:12]}... does not match its model card "
                 f"({self.card.onnx_sha256[:12]}...): the file was changed or the card is stale")
-        options = ort.SessionOptions()
-        if self.config.threads:
-            options.intra_op_num_threads = self.config.threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between operators: spinning ONNX Runtime threads starve the BLAS threads of the
-        # VLAD / re-ranking stages on small machines and raise the latency.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.model_path), options,
-                                            providers=_providers(self.config.device))
+        self.session = ort.session(self.model_path, _providers(self.config.device), self.config.threads)
         self.providers = self.session.get_providers()
         self.head = self._load_head()
 
