@@ -22,7 +22,7 @@ ROS_DOMAIN_ID ?= $(shell $(PYTHON) -c 'import random; print(random.randint(1, 10
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench fuzz models colcon lint config clean venv
+.PHONY: demo test bench fuzz models colcon lint config clean venv system-deps
 
 venv: $(STAMP)
 
@@ -45,8 +45,14 @@ $(DEFAULT_MODEL): $(STAMP) $(wildcard training/vpr_training/backbones/*.py train
 demo: $(STAMP) $(DEFAULT_MODEL)
 	$(PY) -m vpr_ros.tools.demo --out out/demo
 
-test: $(STAMP) $(DEFAULT_MODEL)
+test: $(STAMP) $(DEFAULT_MODEL) system-deps
 	$(PY) -m pytest -q
+
+# strace is a system package (not on PyPI): test/test_no_network.py traces the node's sockets with it.
+system-deps:
+	@command -v strace >/dev/null || { \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends strace; \
+		else echo "make test needs strace: sudo apt-get install strace"; exit 1; fi; }
 
 bench: $(STAMP) $(DEFAULT_MODEL)
 	$(PY) -m bench
