@@ -57,6 +57,8 @@ def folder_source(folder: str | Path, pose_file: str | Path | None = None, pose_
     keep = np.ones(n, dtype=bool)
     if pose_file is not None:
         table = read_pose_file(pose_file, pose_format)
+        if len(table) == 0:
+            raise PoseFileError(f"{pose_file}: no poses (expected one row per image of {folder})")
         if all(table.names):
             lookup = table.by_name()
             rows = np.array([lookup.get(p.name, lookup.get(p.stem, -1)) for p in images])
