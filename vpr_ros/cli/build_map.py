@@ -133,7 +133,7 @@ def load_source(args: argparse.Namespace, origin: GeodeticOrigin | None) -> Fram
                                       progress=not args.quiet)
         log.info("%d frames from %s (%s)", len(source), args.bag, args.image_topic)
         return source
-    source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff)
+    source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff, args.max_pixels)
     log.info("%d frames from %s", len(source), args.images)
     return source
 

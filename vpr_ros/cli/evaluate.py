@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                         plots=not args.no_plots, progress=not args.quiet, title=f"{source_name} vs {args.map.name}")
     rule = ground_truth_rule(args)
     if args.bag is None:
-        queries = folder_source(args.queries, args.query_poses)
+        queries = folder_source(args.queries, args.query_poses, max_pixels=args.max_pixels)
         report = run(args.map, queries, rule, config, out=args.out, info={"queries": str(args.queries)})
     else:
         with bag_source_from_args(args, args.query_poses, origin=map_geodetic_origin(args.map),
