@@ -24,6 +24,7 @@ from vpr_ros.core.image import load_rgb
 from vpr_ros.errors import InputError
 from vpr_ros.io.bag_writer import BagWriter
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.nodes.replay import jpeg_to_compressed_msg
 
 SIDE = 20000
 
@@ -142,3 +143,14 @@ def test_image_folder_with_a_bomb(tmp_path, corridor, bomb, capsys):
     code = run_cli(build_map.main, ["--images", str(folder), "-o", str(tmp_path / "m"), "-q"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(folder / "0000001.png") in err and "20000x20000" in err
+
+
+@pytest.mark.ros
+def test_node_refuses_images_above_its_pixel_limit_and_keeps_answering(start_localize, corridor_map, corridor):
+    """The node's ``max_pixels``: a 160x120 frame above a 10000-pixel limit is counted as too large, not decoded."""
+    small = start_localize(corridor_map, "/pixels", image_transport="compressed", max_pixels=10_000)
+    jpeg = (corridor / "query" / "0000042.jpg").read_bytes()
+    small.client.publish(jpeg_to_compressed_msg(jpeg, 1.0))
+    d = small.client.wait_for_diagnostic(lambda d: int(d.get("errors_too_large", 0)) >= 1)
+    assert d is not None, small.client.latest_diagnostic()
+    assert int(d["frames_processed"]) == 0

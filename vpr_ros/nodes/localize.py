@@ -178,7 +178,9 @@ class LocalizeNode(Node):
             self.stats.on_error("no_map", f"frame ignored, no map loaded: {self.map_error}")
             return
         try:
-            rgb = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+            limit = self.config.max_pixels
+            rgb = compressed_msg_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else \
+                image_msg_to_rgb(msg, limit)
         except ImageDecodeError as exc:
             self.stats.on_error(exc.kind, str(exc))
             self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
