@@ -181,8 +181,13 @@ class Bag:
         """Turn whatever the storage layer raises (sqlite, MCAP, ROS 1 records, CDR) into a BagError naming the bag."""
         try:
             yield
-        except (BagError, KeyboardInterrupt, MemoryError):
+        except (BagError, KeyboardInterrupt):
             raise
+        except MemoryError:
+            # A damaged length field asks the storage layer for an absurd allocation: that is the bag's fault.
+            raise BagError(f"{self.path}: cannot {doing} this {self.kind} bag: a record declares a size that cannot "
+                           "be allocated (corrupt length field). The file is corrupt or truncated, or not a bag") \
+                from None
         except Exception as exc:
             hint = " (a ROS 1 bag without its index is truncated or still being recorded; `rosbag reindex` " \
                    "repairs it)" if self.ros1 and "index" in str(exc).lower() else ""
