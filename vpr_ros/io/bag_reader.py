@@ -191,7 +191,8 @@ class Bag:
         except Exception as exc:
             hint = " (a ROS 1 bag without its index is truncated or still being recorded; `rosbag reindex` " \
                    "repairs it)" if self.ros1 and "index" in str(exc).lower() else ""
-            detail = str(exc).rstrip(". ")
+            # One line: storage errors can quote whole message definitions.
+            detail = " ".join(str(exc).split())[:200].rstrip(". ")
             raise BagError(f"{self.path}: cannot {doing} this {self.kind} bag: {type(exc).__name__}: {detail}{hint}. "
                            "The file is corrupt or truncated, or not a bag") from exc
 
