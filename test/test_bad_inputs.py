@@ -159,7 +159,8 @@ def test_evaluate_refuses_query_poses_that_are_all_unknown(capsys, corridor_map,
     write_pose_csv(poses, table)
     line = one_error_line(capsys, evaluate.main, evaluate_args(corridor_map, corridor, tmp_path / "eval",
                                                                poses=poses))
-    assert line.startswith(f"error: none of the {len(table)} queries has a known position (NaN)"), line
+    assert line.startswith(f"error: the queries have no poses (none of the {len(table)} has a known position, "
+                           "NaN)"), line
 
 
 def test_evaluate_refuses_ground_truth_that_gives_no_query_a_correct_reference(capsys, corridor_map, corridor,

@@ -179,9 +179,9 @@ def _positives(rule: GroundTruthRule | GroundTruth | str | Path, ref_frames: Fra
         # A position with any NaN coordinate is unknown (CSV without z gets z = 0, so test x and y too).
         unknown = np.isnan(query_frames.positions).any(axis=1)
         if unknown.all():
-            raise InputError(f"none of the {len(unknown)} queries has a known position (NaN), so there is no "
-                             "ground truth by distance (give a pose file or topic with positions, or another "
-                             "ground-truth rule)")
+            raise InputError(f"the queries have no poses (none of the {len(unknown)} has a known position, "
+                             "NaN), so there is no ground truth by distance (give a pose file or topic with "
+                             "positions, or another ground-truth rule)")
         if unknown.any():
             log.warning("%d of %d queries have no known position (NaN): they have no ground truth and are not "
                         "counted in recall", int(unknown.sum()), len(unknown))
