@@ -12,6 +12,7 @@ from vpr_ros.cli.bag_options import add_bag_arguments, bag_source_from_args, che
 from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
+    check_output_directory,
     config_from_args,
     print_settings,
     run_cli,
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     check_bag_arguments(parser, args)
     if args.append and args.overwrite:
         parser.error("--append and --overwrite exclude each other")
+    check_output_directory(args.output, "--output")
     setup_logging(args.verbose, args.quiet)
     config = config_from_args(args, node_name="build_map")
     appending = args.append and args.output.exists()

@@ -55,12 +55,19 @@ log = logging.getLogger(__name__)
 FrameExtractor = Callable[[np.ndarray, VladHead | None], dict[str, np.ndarray]]
 
 
+#: Largest network input side: 4K video is 3840 wide; the default model wants 640x480, and a batch of 8 inputs
+#: of 4096x4096 already needs several GB of activations.
+MAX_INPUT_SIDE = 4096
+
+
 @dataclass(frozen=True)
 class BuildMapConfig:
     """How a reference map is built from images."""
 
-    image_height: int = setting(0, "network input height in pixels (0 = automatic, see max_upscale)", min=0)
-    image_width: int = setting(0, "network input width in pixels (0 = automatic, see max_upscale)", min=0)
+    image_height: int = setting(0, "network input height in pixels (0 = automatic, see max_upscale)", min=0,
+                                max=MAX_INPUT_SIDE)
+    image_width: int = setting(0, "network input width in pixels (0 = automatic, see max_upscale)", min=0,
+                               max=MAX_INPUT_SIDE)
     max_upscale: float = setting(
         2.0, "automatic input size: the model card's default (480x640 for the default model), but images "
         "smaller than that are enlarged at most this many times (more would invent no detail; fewer pixels "

@@ -10,6 +10,7 @@ rules, resolved against the map's and the queries' frame tables by :func:`resolv
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import numpy as np
 from vpr_ros.core.frames import FrameTable
 from vpr_ros.errors import InputError
 from vpr_ros.io.poses import quaternion_to_yaw
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,6 +154,17 @@ def resolve_ground_truth(rule: GroundTruthRule | GroundTruth | str | Path, ref_f
     A path (``str`` or ``Path``) is a VPR-Bench file; a :class:`GroundTruth` is returned as it is, after
     checking it has one entry per query.
     """
+    gt = _positives(rule, ref_frames, query_frames)
+    if not gt.has_positive.any():
+        # recall@N counts only queries with a correct reference: with none, every figure would be NaN.
+        raise InputError(f"no query has a correct reference ({gt.description}) among the {len(ref_frames)} map "
+                         f"frames, so there is nothing to evaluate: check that the queries and the map cover the "
+                         f"same place, in the same frame and units")
+    return gt
+
+
+def _positives(rule: GroundTruthRule | GroundTruth | str | Path, ref_frames: FrameTable,
+               query_frames: FrameTable) -> GroundTruth:
     if isinstance(rule, str | Path):
         rule = VprBenchFile(Path(rule))
     if isinstance(rule, GroundTruth):
@@ -162,9 +176,15 @@ def resolve_ground_truth(rule: GroundTruthRule | GroundTruth | str | Path, ref_f
     if isinstance(rule, WithinIndex):
         return positives_by_index(len(query_frames), ref_frames.ids, rule.tolerance)
     if isinstance(rule, WithinDistance):
-        if np.isnan(query_frames.positions).all():
-            raise InputError("the queries have no poses, so there is no ground truth by distance (give a pose "
-                             "file or topic, or another ground-truth rule)")
+        # A position with any NaN coordinate is unknown (CSV without z gets z = 0, so test x and y too).
+        unknown = np.isnan(query_frames.positions).any(axis=1)
+        if unknown.all():
+            raise InputError(f"the queries have no poses (none of the {len(unknown)} has a known position, "
+                             "NaN), so there is no ground truth by distance (give a pose file or topic with "
+                             "positions, or another ground-truth rule)")
+        if unknown.any():
+            log.warning("%d of %d queries have no known position (NaN): they have no ground truth and are not "
+                        "counted in recall", int(unknown.sum()), len(unknown))
         return positives_within(query_frames.positions, ref_frames.positions, rule.metres,
                                 query_frames.orientations, ref_frames.orientations, rule.degrees)
     raise TypeError(f"not a ground-truth rule: {type(rule).__name__}")

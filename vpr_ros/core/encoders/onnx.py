@@ -67,6 +67,9 @@ class OnnxEncoder:
                 f"({self.card.onnx_sha256[:12]}...): the file was changed or the card is stale")
         self.session = ort.session(self.model_path, _providers(self.config.device), self.config.threads)
         self.providers = self.session.get_providers()
+        # A failed run raises with the whole message; ONNX Runtime's own log line of it would be a second copy.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         self.head = self._load_head()
 
     def _load_head(self) -> VladHead | None:
@@ -98,7 +101,17 @@ class OnnxEncoder:
         """
         out = []
         bs = self.config.batch_size
-        for start in range(0, len(images), bs):
-            batch = to_network_input(images[start:start + bs], height, width)
-            out.append(self.session.run([self.card.output_name], {self.card.input_name: batch})[0])
+        try:
+            for start in range(0, len(images), bs):
+                batch = to_network_input(images[start:start + bs], height, width)
+                out.append(self.session.run([self.card.output_name], {self.card.input_name: batch},
+                                            self._run_options)[0])
+        except Exception as exc:
+            # numpy raises MemoryError, ONNX Runtime its own Fail ("Failed to allocate memory for requested
+            # buffer"): either way the input size asked for more memory than this machine gives.
+            if not isinstance(exc, MemoryError) and "Failed to allocate memory" not in str(exc):
+                raise
+            raise InputError(f"network input {width}x{height} (batch of {min(bs, len(images))}) needs more memory "
+                             f"than is available: choose a smaller input size (image_width / image_height) or "
+                             f"encoder.batch_size") from None
         return np.concatenate(out, axis=0) if out else np.empty((0, self.card.channels, 0, 0), np.float32)
