@@ -186,6 +186,36 @@ def test_corridor_map_verifies(corridor_map: Path):
     assert len(refmap) == manifest["frame_count"] == 111
 
 
+@pytest.mark.parametrize(("key", "value", "pattern"), [
+    ("pixel_stride", 0, r"sections\.patches\.pixel_stride: 0 is below the minimum 1"),
+    ("feature_hw", [10 ** 6, 10 ** 6], r"sections\.patches\.feature_hw: 1000000 is above the maximum"),
+    ("feature_hw", [16, 20], r"sections\.patches\.feature_hw: \[16, 20\] but input_size"),
+    ("sizes", "5", r"sections\.patches\.sizes: expected a list"),
+    ("dim", 0, r"sections\.patches\.dim: 0 is below the minimum 1"),
+    ("weights", [0.5], r"sections\.patches\.weights: must sum to 1"),
+    ("encoding", "int4", r"sections\.patches\.encoding: 'int4' is not one of"),
+    ("arrays", ["patches_s9_t1"], r"sections\.patches\.arrays: \['patches_s9_t1'\] but"),
+    ("preset", None, r"sections\.patches: missing key 'preset'"),
+])
+def test_invalid_patch_section_is_refused(corridor_patch_map: Path, tmp_path: Path, key: str, value: Any,
+                                          pattern: str):
+    """Regression: a patch store section with pixel stride 0 (wrong RANSAC geometry) or a feature grid that does
+    not follow from the input size was accepted once its arrays had the right shape."""
+    map_dir = tmp_path / "corridor_speed"
+    shutil.copytree(corridor_patch_map, map_dir)
+    assert len(ReferenceMap.load(map_dir, verify=False)) == 111
+
+    def edit(m: dict[str, Any]) -> None:
+        section = m["sections"]["patches"]
+        if value is None:
+            section.pop(key)
+        else:
+            section[key] = value
+
+    edit_manifest(map_dir, edit)
+    refused(map_dir, pattern)
+
+
 # ---- the node ------------------------------------------------------------------------------------------------
 
 @pytest.mark.ros

@@ -35,6 +35,8 @@ import numpy as np
 import yaml
 
 from vpr_ros.config import config_from_dict
+from vpr_ros.core.patchnetvlad.store import SECTION as PATCH_SECTION
+from vpr_ros.core.patchnetvlad.store import check_section as check_patch_section
 from vpr_ros.core.vlad import VladHead
 from vpr_ros.errors import ConfigError, MapError
 
@@ -309,6 +311,8 @@ def validate_manifest(raw: Any, where: str) -> MapManifest:
     if head.type == "vlad" and head.output_dim != descriptor.dim:
         raise MapError(f"{where}: descriptor.dim: {descriptor.dim} but head.output_dim is {head.output_dim}")
     _check_factory(index.factory, descriptor.dim, f"{where}: index.factory")
+    if PATCH_SECTION in raw["sections"]:
+        check_patch_section(raw["sections"][PATCH_SECTION], (summary.input_size[0], summary.input_size[1]), where)
     return MapManifest(summary, encoder, head, descriptor, index, dict(raw["sections"]), dict(raw["provenance"]),
                        files, raw)
 

@@ -11,8 +11,9 @@ Layout of a map directory (format version :data:`FORMAT_VERSION`)::
     arrays/<name>.npy  extra per-map arrays (e.g. the Patch-NetVLAD patch store), memory-mapped on load
 
 Writes are atomic: everything goes into a temporary sibling directory that is renamed into place, so a
-crash never leaves a half-written map under the final name. Loading checks the format version and the
-sha256 of every file and names the file at fault.
+crash never leaves a half-written map under the final name. Loading checks the format version, the manifest's
+own ``manifest_sha256``, every manifest value and file name (:mod:`vpr_ros.core.map_manifest`) and the sha256 of
+every file, and names the file or field at fault.
 """
 
 from __future__ import annotations
