@@ -16,8 +16,9 @@ once the new one is in place. A kill at any step leaves a complete map, the old 
 between the two renames, the next open or write puts the old map back (:func:`recover_interrupted_swap`),
 and leftover temporary directories are removed. Writers hold the map's lock file (``.NAME.lock``,
 :func:`map_lock`) for the whole build, append and swap, so two of them cannot race. Only a vpr_ros map is
-ever replaced (:func:`check_overwritable`). Loading checks the format version and the sha256 of every file
-and names the file at fault.
+ever replaced (:func:`check_overwritable`). Loading checks the format version, the manifest's
+own ``manifest_sha256``, every manifest value and file name (:mod:`vpr_ros.core.map_manifest`) and the sha256 of
+every file, and names the file or field at fault.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ from vpr_ros import __version__
 from vpr_ros.config import setting
 from vpr_ros.core.files import sha256_file
 from vpr_ros.core.frames import FrameTable
+from vpr_ros.core.map_manifest import (
+    MapManifest,
+    check_map_data,
+    map_file,
+    sealed_manifest_text,
+    validate_manifest,
+)
 from vpr_ros.core.vlad import VladHead
 from vpr_ros.errors import InputError, MapError
 
@@ -212,7 +220,7 @@ class ReferenceMap:
                 manifest["files"] = {
                     str(f.relative_to(tmp)): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
                     for f in sorted(tmp.rglob("*")) if f.is_file()}
-                (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+                (tmp / "manifest.yaml").write_text(sealed_manifest_text(manifest))
                 fault_point("save:wrote:manifest.yaml")
                 _fsync_tree(tmp)
                 fault_point("save:after-fsync")
@@ -224,51 +232,44 @@ class ReferenceMap:
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> ReferenceMap:
-        """Load and (by default) verify every file's sha256; raise MapError naming the faulty file."""
+        """Load and (by default) verify every file's sha256; raise MapError naming the faulty file or manifest
+        field (see :mod:`vpr_ros.core.map_manifest` for what the manifest may say)."""
         recover_interrupted_swap(path)  # a write killed between its two renames left the map aside: put it back
         import faiss
 
         path = Path(path)
-        manifest = read_manifest(path)
-        files = manifest.get("files") or {}
-        required = ["frames.csv", "descriptors.npy", "global.faiss"]
-        if (manifest.get("head") or {}).get("type", "vlad") != "none":
-            required.append("head.npz")
-        for rel in required:
-            if rel not in files:
-                raise MapError(f"{path / 'manifest.yaml'}: lists no {rel}")
-        for rel, meta in files.items():
-            f = path / rel
-            if not f.is_file():
-                raise MapError(f"{f}: missing (listed in the manifest)")
-            if f.stat().st_size != int(meta["bytes"]):
-                raise MapError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta['bytes']} "
+        manifest = open_manifest(path)
+        where = str(path / "manifest.yaml")
+        files = {rel: map_file(path, rel, where) for rel in manifest.files}
+        for rel, meta in manifest.files.items():
+            f = files[rel]
+            if f.stat().st_size != meta.bytes:
+                raise MapError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta.bytes} "
                                "(truncated or replaced)")
-            if verify and sha256_file(f) != meta["sha256"]:
+            if verify and sha256_file(f) != meta.sha256:
                 raise MapError(f"{f}: sha256 mismatch, the file is corrupt or was modified after the map was built")
         try:
-            frames = FrameTable.from_csv((path / "frames.csv").read_text(), str(path / "frames.csv"))
-            descriptors = np.load(path / "descriptors.npy", mmap_mode="r" if mmap else None)
+            frames = FrameTable.from_csv(files["frames.csv"].read_text(), str(files["frames.csv"]))
+            descriptors = np.load(files["descriptors.npy"], mmap_mode="r" if mmap else None)
             head = None
             if "head.npz" in files:
-                with np.load(path / "head.npz") as npz:
+                with np.load(files["head.npz"]) as npz:
                     head = VladHead.from_arrays(dict(npz))
-            index = faiss.read_index(str(path / "global.faiss"))
-            arrays = {rel[len("arrays/"):-len(".npy")]: np.load(path / rel, mmap_mode="r" if mmap else None)
-                      for rel in files if rel.startswith("arrays/") and rel.endswith(".npy")}
+            index = faiss.read_index(str(files["global.faiss"]))
+            arrays = {name: np.load(files[rel], mmap_mode="r" if mmap else None)
+                      for name, rel in manifest.arrays.items()}
         except MapError:
             raise
         except Exception as exc:
             raise MapError(f"{path}: could not read map data ({type(exc).__name__}: {exc})") from exc
         if index.ntotal != len(frames):
             raise MapError(f"{path / 'global.faiss'}: holds {index.ntotal} vectors for {len(frames)} frames")
-        idx_meta = manifest.get("index", {})
-        refmap = cls(frames=frames, descriptors=np.asarray(descriptors), head=head,
-                     encoder=dict(manifest["encoder"]), input_size=tuple(manifest["input_size"]),
-                     index_config=IndexConfig(factory=str(idx_meta.get("factory", "Flat")),
-                                              nprobe=int(idx_meta.get("nprobe", 16))),
-                     frame_id=str(manifest.get("frame_id", "map")), sections=dict(manifest.get("sections") or {}),
-                     arrays=arrays, provenance=dict(manifest.get("provenance") or {}))
+        check_map_data(manifest, len(frames), descriptors, head, index, where)
+        refmap = cls(frames=frames, descriptors=np.asarray(descriptors), head=head, encoder=dict(manifest.encoder),
+                     input_size=(manifest.summary.input_size[0], manifest.summary.input_size[1]),
+                     index_config=IndexConfig(factory=manifest.index.factory, nprobe=manifest.index.nprobe),
+                     frame_id=manifest.summary.frame_id, sections=dict(manifest.sections), arrays=arrays,
+                     provenance=dict(manifest.provenance))
         _set_nprobe(index, refmap.index_config.nprobe)
         refmap._index = index
         return refmap
@@ -288,17 +289,24 @@ class ReferenceMap:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and check a map's manifest (format name and version)."""
+    """A map's manifest as read, once checked (format, version, its own hash, every value and file name)."""
+    return open_manifest(path).raw
+
+
+def open_manifest(path: Path) -> MapManifest:
+    """Read and check a map's manifest: format name and version first, then :func:`validate_manifest`."""
     if not path.is_dir():
         raise MapError(f"reference map {path} does not exist or is not a directory "
                        "(build one with `build_map`)")
     mf = path / "manifest.yaml"
+    if mf.is_symlink():
+        raise MapError(f"{mf}: is a symbolic link; a map's files must be regular files inside its directory")
     try:
         manifest = yaml.safe_load(mf.read_text())
     except FileNotFoundError:
         raise MapError(f"{mf}: missing; {path} is not a vpr_ros map (or its build was interrupted)") from None
-    except yaml.YAMLError as exc:
-        raise MapError(f"{mf}: not valid YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MapError(f"{mf}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise MapError(f"{mf}: not a vpr_ros map manifest (format is {found!r})")
@@ -306,7 +314,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise MapError(f"{mf}: map format version {version}, this vpr_ros {__version__} reads version "
                        f"{FORMAT_VERSION}; rebuild the map")
-    return manifest
+    return validate_manifest(manifest, str(mf))
 
 
 def build_index(descriptors: np.ndarray, config: IndexConfig) -> Any:

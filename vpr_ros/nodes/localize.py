@@ -13,6 +13,8 @@ Publications
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rate, latency percentiles, drops, errors.
 Services
     ``~/reload_map`` (std_srvs/Trigger): load the map (and encoder) again, e.g. after rebuilding it.
+    If that fails, the map loaded before stays in use and /diagnostics reports WARN with the map path and
+    the error until a reload succeeds.
     ``~/reset`` (std_srvs/Trigger): forget the sequence buffer and the loop-closure history.
 
 The image callback only hands the message to a latest-only slot; a worker thread decodes, localizes and
@@ -276,6 +278,10 @@ class LocalizeNode(Node):
         errors = sum(s.errors.values())
         if self.localizer is None:
             level, message = DiagnosticStatus.ERROR, f"no map loaded: {self.map_error}"
+        elif self.map_error:
+            # A failed ~/reload_map keeps the previous pipeline running; say so until a reload succeeds.
+            level, message = DiagnosticStatus.WARN, (f"reload of map {self.config.map_path} failed, still "
+                                                     f"localizing with the map loaded before: {self.map_error}")
         elif errors:
             level, message = DiagnosticStatus.WARN, f"{errors} frame(s) failed; last: {s.last_error}"
         else:
@@ -284,7 +290,7 @@ class LocalizeNode(Node):
                   "errors_total": errors, "rate_hz": round(s.rate_hz(), 3),
                   **{k: round(v, 3) for k, v in s.latency_percentiles().items()},
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
-                  "map_path": self.config.map_path, "last_error": s.last_error,
+                  "map_path": self.config.map_path, "map_error": self.map_error, "last_error": s.last_error,
                   "loop_closures": self.loop_closures}
         sequence = self.localizer.sequence if self.localizer is not None else None
         if sequence is not None:
