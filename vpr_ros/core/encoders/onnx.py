@@ -68,7 +68,7 @@ class OnnxEncoder:
         self.session = ort.session(self.model_path, _providers(self.config.device), self.config.threads)
         self.providers = self.session.get_providers()
         # A failed run raises with the whole message; ONNX Runtime's own log line of it would be a second copy.
-        self._run_options = ort.RunOptions()
+        self._run_options = ort.onnxruntime.RunOptions()
         self._run_options.log_severity_level = 4
         self.head = self._load_head()
 
