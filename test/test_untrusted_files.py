@@ -125,3 +125,112 @@ def test_evaluate_refuses_bad_ground_truth_with_one_line(tmp_path: Path, corrido
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0] and expected in lines[0], err
     assert "Traceback" not in err and not marker.exists()
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+
+def crafted_training_checkpoint(path: Path, marker: Path) -> Path:
+    """A file that passes for a vpr_training checkpoint, with the payload as its config."""
+    import torch
+
+    from vpr_training.trainer import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                "config": RunsCommand(touch_command(marker)), "model": {}}, path)
+    return path
+
+
+def one_line_error(err: str, path: Path, refused: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and refused in lines[0], err
+
+
+@pytest.mark.torch
+def test_crafted_checkpoint_is_refused_by_the_loader(tmp_path: Path):
+    from vpr_training.checkpoints import CheckpointError
+    from vpr_training.trainer import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = crafted_training_checkpoint(tmp_path / "best.pt", marker)
+    with pytest.raises(CheckpointError, match="system"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.torch
+def test_crafted_checkpoint_is_refused_by_the_exporter(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from vpr_training.export.onnx_export import main as export_main
+
+    marker = tmp_path / "pwned"
+    path = crafted_training_checkpoint(tmp_path / "best.pt", marker)
+    assert export_main(["--checkpoint", str(path), "--out-dir", str(tmp_path / "models")]) == 2
+    one_line_error(capsys.readouterr().err, path, "posix.system")
+    assert not marker.exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_crafted_checkpoint_is_refused_on_resume(tmp_path: Path, repo: Path, capsys: pytest.CaptureFixture[str]):
+    from vpr_training.cli import main as train_main
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    path = crafted_training_checkpoint(run / "last.pt", marker)
+    root = str(repo / "data" / "nordland_part1")
+    code = run_cli(train_main, ["--config", str(repo / "training/configs/nordland_cpu_small.yaml"), "--out", str(run),
+                                "--resume", "--no-progress", "--set", f"train.root={root}", "--set",
+                                f"val.root={root}", "--set", "val.count=40"])
+    assert code == 2
+    one_line_error(capsys.readouterr().err, path, "posix.system")
+    assert not marker.exists()
+
+
+def official_like_checkpoint(path: Path, extra: dict[str, Any]) -> Path:
+    """The official Patch-NetVLAD training layout in miniature: state_dict plus metrics as the official code saves
+    them (numpy floats) and, like checkpoints of the NetVLAD code it derives from, its options as a Namespace."""
+    import torch
+
+    state = {"pool.centroids": torch.randn(2, 4), "pool.conv.weight": torch.randn(2, 4, 1, 1)}
+    torch.save({"epoch": 3, "state_dict": state, **extra}, path)
+    return path
+
+
+@pytest.mark.torch
+def test_official_patchnetvlad_checkpoint_loads_with_its_allow_list_only(tmp_path: Path):
+    import argparse
+
+    from vpr_training.checkpoints import CheckpointError, load_checkpoint
+    from vpr_training.export.patchnetvlad_checkpoint import load_state_dict
+
+    path = official_like_checkpoint(tmp_path / "pitts_WPCA4096.pth.tar", {
+        "recalls": {1: np.float64(0.81), 5: np.float64(0.9)}, "best_score": np.float64(0.9),
+        "opt": argparse.Namespace(num_clusters=2, pooling="patchnetvlad")})
+    assert set(load_state_dict(path)) == {"pool.centroids", "pool.conv.weight"}
+    with pytest.raises(CheckpointError, match="numpy"):  # without the importer's allow-list: refused
+        load_checkpoint(path)
+
+
+@pytest.mark.torch
+def test_crafted_patchnetvlad_checkpoint_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from vpr_training.export.patchnetvlad_checkpoint import main as import_main
+
+    marker = tmp_path / "pwned"
+    path = official_like_checkpoint(tmp_path / "evil_WPCA512.pth.tar",
+                                    {"best_score": RunsCommand(touch_command(marker))})
+    assert import_main(["--checkpoint", str(path), "--out-dir", str(tmp_path / "models")]) == 2
+    one_line_error(capsys.readouterr().err, path, "posix.system")
+    assert not marker.exists() and not (tmp_path / "models").exists()
+
+
+@pytest.mark.torch
+def test_plain_data_converts_numpy_and_refuses_other_objects():
+    import torch
+
+    from vpr_training.checkpoints import plain_data
+
+    converted = plain_data({"a": np.arange(3, dtype=np.float32), "b": [np.int64(2), (np.float64(0.5), Path("x"))]})
+    assert isinstance(converted["a"], torch.Tensor) and converted["a"].tolist() == [0.0, 1.0, 2.0]
+    assert converted["b"] == [2, (0.5, "x")] and type(converted["b"][0]) is int
+    with pytest.raises(TypeError, match="RunsCommand"):
+        plain_data({"config": RunsCommand("true")})
