@@ -155,6 +155,10 @@ def test_crafted_checkpoint_is_refused_by_the_loader(tmp_path: Path):
     with pytest.raises(CheckpointError, match="system"):
         load_checkpoint(path)
     assert not marker.exists()
+    for junk in (b"", b"junk" * 10, b"PK\x03\x04 not a zip"):  # damaged files: one line too, not a traceback
+        path.write_bytes(junk)
+        with pytest.raises(CheckpointError, match="not a readable"):
+            load_checkpoint(path)
 
 
 @pytest.mark.torch

@@ -68,15 +68,16 @@ def load_checkpoint(path: str | Path, allow: Sequence[SafeGlobal] = ()) -> Any:
         raise CheckpointError(f"{path}: refused to load: it uses {name}, which is not plain data (a crafted "
                               "checkpoint runs code this way); only tensors, numbers, strings, lists and dicts"
                               f"{' and ' + allowed_names(allow) if allow else ''} are loaded") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    # What a damaged or foreign file raises depends on where torch's reader gives up (zip, magic number, opcodes).
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'empty'})") from None
 
 
 def allowed_names(allow: Sequence[SafeGlobal]) -> str:
-    """The allow-list as the names a pickle refers to them by, for messages."""
-    names = [entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}" for entry in allow]
-    return ", ".join(sorted(set(names)))
+    """The allow-list as the names a pickle refers to them by, for messages (numpy's dtype classes as one)."""
+    names = {entry[1] if isinstance(entry, tuple) else f"{entry.__module__}.{entry.__qualname__}" for entry in allow}
+    return ", ".join(sorted({"numpy.dtypes.*" if n.startswith("numpy.dtypes.") else n for n in names}))
 
 
 def plain_data(value: Any) -> Any:
