@@ -222,7 +222,7 @@ def images(tmp_path: Path, corridor: Path) -> Path:
     ("data", "contains the input image folder"),
     ("link", "is the input image folder"),  # a symbolic link to the image folder
     ("other", "is not a vpr_ros map"),
-    ("notes.txt", "is not a vpr_ros map"),
+    ("notes.txt", "is a regular file, not a directory"),
 ])
 def test_overwrite_refuses_what_is_not_a_map_or_is_the_input(tmp_path: Path, images: Path, default_model: Path,
                                                             capsys, output: str, message: str):

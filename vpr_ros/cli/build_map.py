@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     check_bag_arguments(parser, args)
     if args.append and args.overwrite:
         parser.error("--append and --overwrite exclude each other")
-    check_output_directory(args.output, "--output")
     inputs = {"image folder": args.images, "pose file": args.poses, "bag": args.bag}
     check_output_apart_from_inputs(args.output, {what: path for what, path in inputs.items() if path is not None})
+    check_output_directory(args.output, "--output")
     setup_logging(args.verbose, args.quiet)
     config = config_from_args(args, node_name="build_map")
     with map_lock(args.output):  # the whole build or append, so that two of them cannot race
