@@ -81,19 +81,19 @@ def random_value(rng: random.Random) -> object:
 def mutate_yaml(text: str, rng: random.Random) -> str:
     """A manifest with one value, anywhere in the tree, replaced by a value of another type or range."""
     doc = yaml.safe_load(text)
-    node, path = doc, []
+    parent, key = None, None
+    node = doc
     while isinstance(node, dict) and node:
-        key = rng.choice(sorted(node, key=str))
-        path.append(key)
-        if not isinstance(node[key], dict) or rng.random() < 0.4:
-            break
+        parent, key = node, rng.choice(sorted(node, key=str))
         node = node[key]
-    if not path:
+        if not isinstance(node, dict) or rng.random() < 0.4:
+            break
+    if parent is None:
         return text
     if rng.random() < 0.2:
-        del node[path[-1]]
+        del parent[key]
     else:
-        node[path[-1]] = random_value(rng)
+        parent[key] = random_value(rng)
     return yaml.safe_dump(doc, sort_keys=False)
 
 
