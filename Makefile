@@ -4,6 +4,7 @@
 #                 real node; prints recall and latency, writes out/demo/{report.json,*.png}
 #   make test     the test suite (real rclpy graphs on loopback, real FAISS / ONNX Runtime / bags)
 #   make bench    performance suite -> bench/results/*.json (not part of `make test`)
+#   make fuzz     the fuzz suite of `make test` (test/test_fuzz.py) with 20x the cases; same seeds
 #   make models   build the default ONNX encoder (needs torch; done by demo/test when missing)
 #   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
 #   make lint     ruff;  make config  regenerate config/*.yaml from the typed defaults
@@ -21,7 +22,7 @@ ROS_DOMAIN_ID ?= $(shell $(PYTHON) -c 'import random; print(random.randint(1, 10
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench models colcon lint config clean venv
+.PHONY: demo test bench fuzz models colcon lint config clean venv system-deps
 
 venv: $(STAMP)
 
@@ -44,11 +45,20 @@ $(DEFAULT_MODEL): $(STAMP) $(wildcard training/vpr_training/backbones/*.py train
 demo: $(STAMP) $(DEFAULT_MODEL)
 	$(PY) -m vpr_ros.tools.demo --out out/demo
 
-test: $(STAMP) $(DEFAULT_MODEL)
+test: $(STAMP) $(DEFAULT_MODEL) system-deps
 	$(PY) -m pytest -q
+
+# strace is a system package (not on PyPI): test/test_no_network.py traces the node's sockets with it.
+system-deps:
+	@command -v strace >/dev/null || { \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends strace; \
+		else echo "make test needs strace: sudo apt-get install strace"; exit 1; fi; }
 
 bench: $(STAMP) $(DEFAULT_MODEL)
 	$(PY) -m bench
+
+fuzz: $(STAMP) $(DEFAULT_MODEL)
+	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
 colcon: $(STAMP)
 	. $(VENV)/bin/activate && colcon build --base-paths . --packages-select vpr_ros --build-base build/colcon \

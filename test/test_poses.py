@@ -133,3 +133,11 @@ def test_folder_source_with_tum_by_timestamp_names(tmp_path, corridor):
     src = folder_source(folder, traj)
     assert src.frames.names == ["100.5.jpg", "101.5.jpg"]  # 200.0 is outside the trajectory
     np.testing.assert_allclose(src.frames.positions[:, 0], [0.5, 1.5])
+
+
+def test_pose_file_without_rows_is_one_clear_error(tmp_path, corridor):
+    """Regression: a header-only pose file gave an IndexError from the image folder reader."""
+    poses = tmp_path / "poses.csv"
+    poses.write_text("name,x,y\n")
+    with pytest.raises(PoseFileError, match="poses"):
+        folder_source(corridor / "ref", poses)

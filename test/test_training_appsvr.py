@@ -320,8 +320,9 @@ def test_export_runs_in_build_map_evaluate_and_the_node(trained, tmp_path: Path,
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
     from vpr_ros.io.images import folder_source
     from vpr_training.export.onnx_export import main as export_main
+    from vpr_training.trainer import load_checkpoint
 
-    init = torch.load(trained.best_checkpoint, weights_only=False)["init"]
+    init = load_checkpoint(trained.best_checkpoint)["init"]  # weights_only: APPSVR's init facts are plain data
     assert init["shadow_centroids"] == 16 * 2 and init["candidates"] == {0: 8}
     models = tmp_path / "models"
     assert export_main(["--checkpoint", str(trained.best_checkpoint), "--out-dir", str(models),

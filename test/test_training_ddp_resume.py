@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -28,20 +31,54 @@ def roots(repo: Path) -> list[str]:
     return ["--set", f"train.root={root}", "--set", f"val.root={root}"]
 
 
+def run_watching_listeners(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float
+                           ) -> tuple[int, str, set[tuple[str, int, str]]]:
+    """Run ``cmd``; returns its exit status, stderr, and every (address, port, process) that listened on TCP in
+    its process tree while it ran (polled, so a listener that lives under ~0.1 s may be missed)."""
+    listeners: set[tuple[str, int, str]] = set()
+    with open(cwd / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    break
+                for member in tree:
+                    try:
+                        listeners.update((c.laddr.ip, c.laddr.port, " ".join(member.cmdline()[:3]))
+                                         for c in member.net_connections("inet") if c.status == psutil.CONN_LISTEN)
+                    except psutil.Error:  # exited between listing and asking
+                        continue
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+        err.seek(0)
+        return code, err.read(), listeners
+
+
 def test_two_process_gloo_run(tmp_path: Path, repo: Path):
+    """Through torchrun (with its stores served on 127.0.0.1, see test/loopback_torchrun.py): nothing the run
+    opens listens on any interface but loopback."""
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    cmd = [sys.executable, str(repo / "test" / "loopback_torchrun.py"), "--nproc_per_node", "2",
            "-m", "vpr_training.cli", "--config", str(repo / "training/configs/nordland_cpu_small.yaml"),
            "--out", str(out), "--no-progress", *roots(repo), *TINY]
-    proc = subprocess.run(cmd, env=cli_env(repo), capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, stderr, listeners = run_watching_listeners(cmd, cli_env(repo), tmp_path, timeout=600)
+    assert code == 0, stderr[-3000:]
+    assert listeners, "no listening socket seen: the check would pass vacuously"
+    exposed = sorted(lst for lst in listeners if not ipaddress.ip_address(lst[0]).is_loopback)
+    assert not exposed, f"listening beyond loopback: {exposed}"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["device"] == "cpu"
     (epoch,) = metrics["history"]
     assert epoch["iterations"] + epoch["trivial_batches"] == 4 and epoch["iterations"] >= 1
     assert epoch["cache_refreshes"] == 1
     assert (out / "best.pt").is_file() and list((out / "tensorboard").glob("events.*"))
-    assert proc.stderr.count("best epoch") == 1  # only rank 0 reports
+    assert stderr.count("best epoch") == 1  # only rank 0 reports
 
 
 def test_resume_continues_from_the_last_epoch(tmp_path: Path, repo: Path):

@@ -41,6 +41,8 @@ from tqdm import tqdm
 from vpr_ros.config import config_to_dict
 from vpr_ros.core.files import atomic_output
 from vpr_ros.eval.metrics import recall_at_n
+from vpr_training import checkpoints
+from vpr_training.checkpoints import CheckpointError, plain_data
 from vpr_training.config import TrainConfig
 from vpr_training.data.images import ImageLoader
 from vpr_training.data.label_maps import LabelMapLoader
@@ -110,15 +112,14 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :class:`Trainer` and check its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint written by :class:`Trainer` (plain data only, see :mod:`vpr_training.checkpoints`) and
+    check its format."""
+    ckpt = checkpoints.load_checkpoint(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a vpr_training checkpoint")
+        raise CheckpointError(f"{path}: not a vpr_training checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')}, this code reads {CHECKPOINT_VERSION}")
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')}, this code reads "
+                              f"{CHECKPOINT_VERSION}")
     return ckpt
 
 
@@ -328,17 +329,20 @@ class Trainer:
         return info
 
     def checkpoint(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {
+        """Everything :meth:`_restore` needs, as data that loads with ``weights_only=True``: torch's own state
+        dicts as they are, the rest through :func:`plain_data` (numpy values would need an allow-list)."""
+        torch_state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                       "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                       "torch_rng": torch.get_rng_state()}
+        return {**torch_state, **plain_data({
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-            "config": config_to_dict(self.config), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "iteration": self.iteration,
+            "config": config_to_dict(self.config), "epoch": self.epoch, "iteration": self.iteration,
             "history": self.history, "best": self.best, "initial": self.initial,
-            "miner": self.miner.state_dict(), "torch_rng": torch.get_rng_state(),
+            "miner": self.miner.state_dict(),
             "train_data": self.train_places.describe(), "val_data": self.val_places.describe(),
             "probe": [(t.query, t.positive, t.negatives.tolist()) for t in getattr(self, "probe", [])],
             **(extra or {}),
-        }
+        })}
 
     def _save(self, name: str, extra: dict[str, Any] | None = None) -> Path:
         path = self.out_dir / name
@@ -494,8 +498,8 @@ class Trainer:
             final["projection"] = self.model.fit_projection(pre)
             final.update(self.validate())
         if self.dist.main:
-            best.update(projection=self.model.projection_arrays(), final=final,
-                        init=getattr(self, "initial_info", best.get("init", {})))
+            best.update(plain_data({"projection": self.model.projection_arrays(), "final": final,
+                                    "init": getattr(self, "initial_info", best.get("init", {}))}))
             atomic_save(best, best_path)
             self._write_metrics(final)
         if self.dist.enabled:

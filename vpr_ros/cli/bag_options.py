@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vpr_ros.core.image import DEFAULT_MAX_PIXELS
 from vpr_ros.core.refmap import read_manifest
 from vpr_ros.errors import InputError
 from vpr_ros.io.bag_poses import PoseSpec
 from vpr_ros.io.bags import BagFrameSource, FrameSelection, bag_frame_source
 from vpr_ros.io.geodesy import GeodeticOrigin
 
-BAG_ONLY_OPTIONS = ("image_topic", "pose_topic", "tf", "gnss_origin", "min_interval", "min_distance", "start", "end")
+BAG_ONLY_OPTIONS = ("image_topic", "pose_topic", "tf", "gnss_origin", "min_interval", "min_distance", "start", "end",
+                    "skip_damaged")
 
 
 def add_bag_arguments(parser: argparse.ArgumentParser, what: str) -> None:
@@ -36,6 +38,23 @@ def add_bag_arguments(parser: argparse.ArgumentParser, what: str) -> None:
                        help="keep a frame only this far (pose units, normally metres) from the last kept one")
     group.add_argument("--start", type=float, metavar="S", help="ignore images before this many seconds into the bag")
     group.add_argument("--end", type=float, metavar="S", help="ignore images from this many seconds into the bag on")
+    group.add_argument("--skip-damaged", action="store_true",
+                       help="read what is left of a damaged bag (fewer readable messages than its index or "
+                            "metadata declares) with a warning, instead of stopping with an error")
+    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="refuse images that declare more pixels than this in their header (decompression "
+                             "bombs), before decoding them")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def check_bag_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -77,7 +96,8 @@ def bag_source_from_args(args: argparse.Namespace, pose_file: Path | None, pose_
                                end=args.end)
     if selection.min_distance > 0 and not spec.given:
         raise InputError("--min-distance needs poses (--pose-topic, --tf or a pose file)")
-    return bag_frame_source(args.bag, args.image_topic, spec, selection, progress=progress)
+    return bag_frame_source(args.bag, args.image_topic, spec, selection, progress=progress,
+                            skip_damaged=args.skip_damaged, max_pixels=args.max_pixels)
 
 
 def map_geodetic_origin(map_path: Path) -> GeodeticOrigin | None:

@@ -12,13 +12,15 @@ from vpr_ros.cli.bag_options import add_bag_arguments, bag_source_from_args, che
 from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
+    check_output_directory,
     config_from_args,
     print_settings,
     run_cli,
     setup_logging,
 )
 from vpr_ros.core.frames import FrameSource
-from vpr_ros.core.map_builder import BuildMapConfig, append_to_map, build_map
+from vpr_ros.core.map_builder import BuildMapConfig, append_to_map, build_map, check_output_apart_from_inputs
+from vpr_ros.core.refmap import check_overwritable, map_lock, recover_interrupted_swap
 from vpr_ros.io.geodesy import GeodeticOrigin
 from vpr_ros.io.images import folder_source
 
@@ -56,8 +58,10 @@ examples:
 
 An interrupted build (or append) continues where it stopped when the same command is run again; the map
 directory appears, or changes, only when the work is complete (it is written to a temporary directory and
-renamed). A corrupt or truncated bag, a missing topic or a topic of the wrong type stops with a message
-naming it (exit code 2).
+renamed; a kill at any moment leaves the old or the new map). A second build of the same map while one runs
+is refused (lock file .NAME.lock beside the map). --overwrite replaces only a vpr_ros map, and the output may
+not be, contain or lie inside an input. A corrupt or truncated bag, a missing topic or a topic of the wrong
+type stops with a message naming it (exit code 2).
 """
 
 
@@ -76,7 +80,8 @@ def make_parser() -> argparse.ArgumentParser:
                      help="stamped poses: skip images more than this many seconds outside the trajectory")
     add_bag_arguments(parser, "reference frames")
     parser.add_argument("--output", "-o", type=Path, required=True, help="map directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing map")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing map (only a vpr_ros map: anything else at --output is refused)")
     parser.add_argument("--append", action="store_true",
                         help="add the frames to the map at --output (built first if it does not exist yet)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
@@ -98,27 +103,35 @@ def main(argv: list[str] | None = None) -> int:
     check_bag_arguments(parser, args)
     if args.append and args.overwrite:
         parser.error("--append and --overwrite exclude each other")
+    inputs = {"image folder": args.images, "pose file": args.poses, "bag": args.bag}
+    check_output_apart_from_inputs(args.output, {what: path for what, path in inputs.items() if path is not None})
+    check_output_directory(args.output, "--output")
     setup_logging(args.verbose, args.quiet)
     config = config_from_args(args, node_name="build_map")
-    appending = args.append and args.output.exists()
-    source = load_source(args, map_geodetic_origin(args.output) if appending else None)
-    provenance = {"command": " ".join(["build_map", *argv]), "images": str(args.images) if args.images else None,
-                  "poses": str(args.poses) if args.poses else None, **getattr(source, "info", {})}
-    origin = getattr(source, "info", {}).get("geodetic_origin")
-    t0 = time.perf_counter()
-    try:
-        if appending:
-            refmap, added = append_to_map(source, args.output, config, progress=not args.quiet,
-                                          provenance=provenance)
-            action = f"{added} frames appended" if added else "nothing appended (all frames already in the map)"
-        else:
-            refmap = build_map(source, args.output, config, overwrite=args.overwrite, progress=not args.quiet,
-                               sections={"geodetic_origin": origin} if origin else None, provenance=provenance)
-            action = "built"
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+    with map_lock(args.output):  # the whole build or append, so that two of them cannot race
+        recover_interrupted_swap(args.output)  # else a map left aside by a killed write looks absent
+        if args.overwrite and args.output.exists():
+            check_overwritable(args.output)  # before reading any input
+        appending = args.append and args.output.exists()
+        source = load_source(args, map_geodetic_origin(args.output) if appending else None)
+        provenance = {"command": " ".join(["build_map", *argv]),
+                      "images": str(args.images) if args.images else None,
+                      "poses": str(args.poses) if args.poses else None, **getattr(source, "info", {})}
+        origin = getattr(source, "info", {}).get("geodetic_origin")
+        t0 = time.perf_counter()
+        try:
+            if appending:
+                refmap, added = append_to_map(source, args.output, config, progress=not args.quiet,
+                                              provenance=provenance)
+                action = f"{added} frames appended" if added else "nothing appended (all frames already in the map)"
+            else:
+                refmap = build_map(source, args.output, config, overwrite=args.overwrite, progress=not args.quiet,
+                                   sections={"geodetic_origin": origin} if origin else None, provenance=provenance)
+                action = "built"
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
     elapsed = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in args.output.rglob("*") if f.is_file())
     print(f"map {args.output}: {len(refmap)} frames, {refmap.dim}-d descriptors, encoder {refmap.encoder['id']}, "
@@ -133,7 +146,7 @@ def load_source(args: argparse.Namespace, origin: GeodeticOrigin | None) -> Fram
                                       progress=not args.quiet)
         log.info("%d frames from %s (%s)", len(source), args.bag, args.image_topic)
         return source
-    source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff)
+    source = folder_source(args.images, args.poses, args.pose_format, args.max_time_diff, args.max_pixels)
     log.info("%d frames from %s", len(source), args.images)
     return source
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -65,16 +67,50 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def check_output_directory(path: Path, option: str) -> None:
+    """Refuse an output directory that cannot be made: ``path`` is a regular file, or lies under one."""
+    for place in (path, *path.parents):
+        if place.exists() or place.is_symlink():
+            if not place.is_dir():
+                where = "is" if place == path else f"lies under {place}, which is"
+                raise InputError(f"{option} {path} {where} a regular file, not a directory")
+            return
+
+
+#: Exit status of a command whose reader went away (``evaluate ... | head -1``): what a process killed by
+#: SIGPIPE reports in a shell (128 + 13), as ``yes | head -1`` does.
+BROKEN_PIPE_EXIT = 141
+
+
+def path_error_line(exc: OSError) -> str:
+    """``[Errno 20] Not a directory: 'x/y'`` -> ``x/y: not a directory``."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    target = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{exc.filename}{target}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
             interrupted_hint: str = "") -> int:
     """Run a CLI main: the project's input errors (:class:`vpr_ros.errors.InputError`, a missing or existing
-    path) print one clear line and exit 2, argparse's exits keep their status, Ctrl-C exits 130 (printing
-    ``interrupted_hint``, e.g. how to resume). Any other exception is a bug and keeps its traceback.
+    path, a path under a regular file, a path the user may not write) print one clear line and exit 2,
+    argparse's exits keep their status, Ctrl-C exits 130 (printing ``interrupted_hint``, e.g. how to resume),
+    and a closed stdout (``| head -1``) exits 141 quietly. Any other exception is a bug and keeps its traceback.
     """
     try:
-        return main(argv)
-    except (InputError, FileNotFoundError, FileExistsError) as exc:
+        code = main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where a closed pipe prints "Exception ignored"
+        return code
+    except BrokenPipeError:
+        # The reader has gone: nothing more can be shown. Point stdout at /dev/null so the interpreter's final
+        # flush of what is still buffered does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT
+    except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        print(f"error: {path_error_line(exc)}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # argparse: usage errors (2) and --help (0), as an exit status like the rest
         return exc.code if isinstance(exc.code, int) else 1

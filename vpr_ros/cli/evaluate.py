@@ -16,6 +16,7 @@ from vpr_ros.cli.bag_options import add_bag_arguments, bag_source_from_args, che
 from vpr_ros.cli.common import (
     HelpFormatter,
     add_config_arguments,
+    check_output_directory,
     config_from_args,
     print_settings,
     run_cli,
@@ -126,6 +127,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--rate must be positive")
     if args.index_tolerance is not None and args.index_tolerance < 0:
         parser.error(f"--index-tolerance must be >= 0, got {args.index_tolerance}")
+    check_output_directory(args.out, "--out")
+    if args.node_log is not None:
+        check_output_directory(args.node_log.parent, "--node-log")
 
 
 def recall_ns(text: str) -> tuple[int, ...]:
@@ -175,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                         plots=not args.no_plots, progress=not args.quiet, title=f"{source_name} vs {args.map.name}")
     rule = ground_truth_rule(args)
     if args.bag is None:
-        queries = folder_source(args.queries, args.query_poses)
+        queries = folder_source(args.queries, args.query_poses, max_pixels=args.max_pixels)
         report = run(args.map, queries, rule, config, out=args.out, info={"queries": str(args.queries)})
     else:
         with bag_source_from_args(args, args.query_poses, origin=map_geodetic_origin(args.map),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vpr_ros.config import section, setting
+from vpr_ros.core.image import DEFAULT_MAX_PIXELS
 from vpr_ros.core.localizer import LocalizerConfig
 from vpr_ros.core.loop_closure import LoopClosureConfig
 
@@ -18,6 +19,8 @@ class LocalizeNodeConfig:
     image_transport: str = setting("raw", "subscribe to sensor_msgs/Image on 'image' (raw) or to "
                                    "sensor_msgs/CompressedImage on 'image/compressed' (compressed)",
                                    choices=("raw", "compressed"))
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "largest image (width x height) the node decodes; larger ones are "
+                              "refused from their header before decoding (decompression bombs)", min=1)
     publish_candidates: bool = setting(True, "publish ~/candidates (PoseArray) and ~/matches (PointCloud2)")
     diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages", min=0.05)
     position_sigma_min: float = setting(

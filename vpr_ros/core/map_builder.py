@@ -11,7 +11,8 @@ Progress lives in a work directory beside the output (``.<name>.partial``): the 
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
 stopped; different inputs or settings start afresh. The map itself is written atomically at the end
 (see :meth:`ReferenceMap.save`). :func:`append_to_map` grows an existing map with new frames the same way,
-keeping its fitted head.
+keeping its fitted head. Both hold the map's lock file (:func:`vpr_ros.core.refmap.map_lock`) from start to
+end, so two builds of one map cannot race, and first recover what a killed earlier write left.
 """
 
 from __future__ import annotations
@@ -31,12 +32,20 @@ from tqdm import tqdm
 
 from vpr_ros.config import config_to_dict, section, setting
 from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
-from vpr_ros.core.files import atomic_savez
+from vpr_ros.core.files import atomic_savez, atomic_write_text
 from vpr_ros.core.frames import FrameSource, FrameTable
 from vpr_ros.core.patchnetvlad.rerank import stored_spec
 from vpr_ros.core.patchnetvlad.store import SECTION as PATCH_SECTION
 from vpr_ros.core.patchnetvlad.store import PatchStoreConfig, feature_grid, patch_extractor, resolve_spec
-from vpr_ros.core.refmap import IndexConfig, ReferenceMap, read_manifest
+from vpr_ros.core.refmap import (
+    IndexConfig,
+    ReferenceMap,
+    check_overwritable,
+    fault_point,
+    map_lock,
+    read_manifest,
+    recover_interrupted_swap,
+)
 from vpr_ros.core.vlad import (
     VladConfig,
     VladHead,
@@ -55,12 +64,19 @@ log = logging.getLogger(__name__)
 FrameExtractor = Callable[[np.ndarray, VladHead | None], dict[str, np.ndarray]]
 
 
+#: Largest network input side: 4K video is 3840 wide; the default model wants 640x480, and a batch of 8 inputs
+#: of 4096x4096 already needs several GB of activations.
+MAX_INPUT_SIDE = 4096
+
+
 @dataclass(frozen=True)
 class BuildMapConfig:
     """How a reference map is built from images."""
 
-    image_height: int = setting(0, "network input height in pixels (0 = automatic, see max_upscale)", min=0)
-    image_width: int = setting(0, "network input width in pixels (0 = automatic, see max_upscale)", min=0)
+    image_height: int = setting(0, "network input height in pixels (0 = automatic, see max_upscale)", min=0,
+                                max=MAX_INPUT_SIDE)
+    image_width: int = setting(0, "network input width in pixels (0 = automatic, see max_upscale)", min=0,
+                               max=MAX_INPUT_SIDE)
     max_upscale: float = setting(
         2.0, "automatic input size: the model card's default (480x640 for the default model), but images "
         "smaller than that are enlarged at most this many times (more would invent no detail; fewer pixels "
@@ -96,6 +112,23 @@ def input_size(config: BuildMapConfig, encoder: Encoder, image_hw: tuple[int, in
     return (config.image_height or auto[0], config.image_width or auto[1])
 
 
+def check_output_apart_from_inputs(output: str | Path, inputs: dict[str, str | Path]) -> None:
+    """Refuse a map output that is, contains or lies inside one of ``inputs`` (what it is -> path), with symbolic
+    links and ``..`` resolved: writing the map there would replace the input."""
+    target = Path(output).resolve()
+    for what, given in inputs.items():
+        source = Path(given).resolve()
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "lies inside"
+        elif target in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise InputError(f"map output {output} {relation} the input {what} {given}; write the map elsewhere")
+
+
 def fit_head(source: FrameSource, encoder: Encoder, size: tuple[int, int], cfg: VladConfig,
              progress: bool = True) -> VladHead:
     """Fit the VLAD vocabulary and PCA-whitening on a sample of the frames (pass 1)."""
@@ -129,18 +162,38 @@ def fit_head(source: FrameSource, encoder: Encoder, size: tuple[int, int], cfg: 
     return head
 
 
-def _open_work_dir(work: Path, fingerprint: str, frames: int) -> None:
-    """Reuse ``work`` if it holds progress for the same fingerprint, else start it afresh."""
+def _read_work_state(work: Path) -> dict[str, Any]:
     state_file = work / "state.yaml"
+    state = yaml.safe_load(state_file.read_text()) if state_file.exists() else {}
+    return state if isinstance(state, dict) else {}
+
+
+def _open_work_dir(work: Path, fingerprint: str, frames: int, append_to: str | None = None) -> None:
+    """Reuse ``work`` if it holds progress for the same fingerprint, else start it afresh.
+
+    ``append_to``: the sha256 of the descriptors of the map being grown, kept in the state so that progress made
+    for an earlier version of the map is recognised as stale (:func:`_discard_stale_append_work`).
+    """
     if work.exists():
-        state = yaml.safe_load(state_file.read_text()) if state_file.exists() else {}
-        if state.get("fingerprint") != fingerprint:
+        if _read_work_state(work).get("fingerprint") != fingerprint:
             log.warning("discarding unfinished build in %s (inputs or settings changed)", work)
             shutil.rmtree(work)
         else:
             log.info("resuming unfinished build from %s", work)
     work.mkdir(parents=True, exist_ok=True)
-    state_file.write_text(yaml.safe_dump({"fingerprint": fingerprint, "frames": frames}))
+    state = {"fingerprint": fingerprint, "frames": frames, **({"append_to": append_to} if append_to else {})}
+    atomic_write_text(work / "state.yaml", yaml.safe_dump(state))
+
+
+def _discard_stale_append_work(work: Path, base: str) -> None:
+    """Remove append progress made for another version of the map than the one with descriptors sha256 ``base``.
+
+    A kill after the grown map was saved but before its progress was removed leaves such progress behind; it can
+    never be resumed (its fingerprint names the map it grew), so it would stay forever.
+    """
+    if work.is_dir() and _read_work_state(work).get("append_to", base) != base:
+        log.info("removing %s, progress of an append to an earlier version of the map", work)
+        shutil.rmtree(work)
 
 
 def encode_in_chunks(source: FrameSource, encoder: Encoder, head: VladHead | None, size: tuple[int, int],
@@ -201,53 +254,59 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
     """
     config = config or BuildMapConfig()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
     if len(source) == 0:
         raise InputError("no frames to map")
     ids, counts = np.unique(source.frames.ids, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"duplicate frame ids: {ids[counts > 1][:5].tolist()}")
-    encoder = encoder or make_encoder(config.encoder)
-    size = input_size(config, encoder, source.load_image(0).shape[:2])
+    with map_lock(output):
+        recover_interrupted_swap(output)
+        if output.exists():
+            if not overwrite:
+                raise FileExistsError(f"{output} already exists (use --overwrite to replace it)")
+            check_overwritable(output)  # before any work: it would be refused at the end
+        encoder = encoder or make_encoder(config.encoder)
+        size = input_size(config, encoder, source.load_image(0).shape[:2])
 
-    work = output.parent / f".{output.name}.partial"
-    fingerprint = _fingerprint(config, encoder, source.frames, {"sections": sections or {}, "size": size})
-    _open_work_dir(work, fingerprint, len(source))
+        work = output.parent / f".{output.name}.partial"
+        fingerprint = _fingerprint(config, encoder, source.frames, {"sections": sections or {}, "size": size})
+        _open_work_dir(work, fingerprint, len(source))
 
-    head_file = work / "head.npz"
-    head: VladHead | None
-    if encoder.card.kind != "backbone":
-        head = encoder.head  # trained NetVLAD head, or None for global encoders: nothing to fit
-    elif head_file.exists():
-        with np.load(head_file) as npz:
-            head = VladHead.from_arrays(dict(npz))
-    else:
-        head = fit_head(source, encoder, size, config.vlad, progress)
-        atomic_savez(head_file, head.to_arrays())
-
-    sections = dict(sections or {})
-    extractors = list(extractors)
-    if config.patches.preset != "none":
-        if head is None or head.projection is None:
-            log.warning("patches.preset=%s ignored: %s", config.patches.preset,
-                        "a 'global' encoder has no local features" if head is None else
-                        "the VLAD head has no PCA projection (vlad.pca_dim=0)")
+        head_file = work / "head.npz"
+        head: VladHead | None
+        if encoder.card.kind != "backbone":
+            head = encoder.head  # trained NetVLAD head, or None for global encoders: nothing to fit
+        elif head_file.exists():
+            with np.load(head_file) as npz:
+                head = VladHead.from_arrays(dict(npz))
         else:
-            spec = resolve_spec(config.patches, feature_grid(size, encoder.card.stride), encoder.card.stride, head)
-            assert spec is not None
-            log.info("patch store: %s, %.1f kB per frame", spec.describe(), spec.bytes_per_frame() / 1e3)
-            extractors.append(patch_extractor(spec, config.patches.strategy))
-            sections[PATCH_SECTION] = spec.section()
+            head = fit_head(source, encoder, size, config.vlad, progress)
+            atomic_savez(head_file, head.to_arrays())
 
-    merged = encode_in_chunks(source, encoder, head, size, work, config.chunk_size, extractors, progress)
-    descriptors = merged.pop("descriptors")
-    refmap = ReferenceMap(frames=source.frames, descriptors=descriptors, head=head, encoder=encoder.describe(),
-                          input_size=size, index_config=config.index, frame_id=config.frame_id,
-                          sections=sections, arrays=merged,
-                          provenance={"build_config": config_to_dict(config), **(provenance or {})})
-    refmap.save(output, overwrite=overwrite)
-    shutil.rmtree(work, ignore_errors=True)
+        sections = dict(sections or {})
+        extractors = list(extractors)
+        if config.patches.preset != "none":
+            if head is None or head.projection is None:
+                log.warning("patches.preset=%s ignored: %s", config.patches.preset,
+                            "a 'global' encoder has no local features" if head is None else
+                            "the VLAD head has no PCA projection (vlad.pca_dim=0)")
+            else:
+                spec = resolve_spec(config.patches, feature_grid(size, encoder.card.stride), encoder.card.stride,
+                                    head)
+                assert spec is not None
+                log.info("patch store: %s, %.1f kB per frame", spec.describe(), spec.bytes_per_frame() / 1e3)
+                extractors.append(patch_extractor(spec, config.patches.strategy))
+                sections[PATCH_SECTION] = spec.section()
+
+        merged = encode_in_chunks(source, encoder, head, size, work, config.chunk_size, extractors, progress)
+        descriptors = merged.pop("descriptors")
+        refmap = ReferenceMap(frames=source.frames, descriptors=descriptors, head=head,
+                              encoder=encoder.describe(), input_size=size, index_config=config.index,
+                              frame_id=config.frame_id, sections=sections, arrays=merged,
+                              provenance={"build_config": config_to_dict(config), **(provenance or {})})
+        refmap.save(output, overwrite=overwrite)
+        fault_point("build:after-save")
+        shutil.rmtree(work, ignore_errors=True)
     return refmap
 
 
@@ -273,43 +332,48 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
     """
     config = config or BuildMapConfig()
     map_path = Path(map_path)
-    refmap = ReferenceMap.load(map_path)
-    encoder = encoder or make_encoder(config.encoder)
-    refmap.check_encoder(encoder.describe())
-    known = set(refmap.frames.sources)
-    fresh = np.array([s not in known for s in source.frames.sources], dtype=bool)
-    if not fresh.all():
-        log.info("%d of %d frames are already in %s and are skipped", int((~fresh).sum()), len(source), map_path)
-    if not fresh.any():
-        return refmap, 0
-    rows = np.flatnonzero(fresh)
-    start_id = int(refmap.frames.ids.max()) + 1 if len(refmap) else 0
-    f = source.frames
-    frames = FrameTable(ids=start_id + np.arange(len(rows)), names=[f.names[i] for i in rows],
-                        sources=[f.sources[i] for i in rows], stamps=f.stamps[rows], positions=f.positions[rows],
-                        orientations=f.orientations[rows])
-    subset = FrameSource(frames, lambda i: source.load_image(int(rows[i])))
-    size = (int(refmap.input_size[0]), int(refmap.input_size[1]))
-    extractors = list(extractors)
-    if not extractors and PATCH_SECTION in refmap.sections:
-        # A Patch-NetVLAD store describes itself in the manifest: grow it with the same configuration.
-        extractors.append(patch_extractor(stored_spec(refmap), config.patches.strategy))
-    if refmap.arrays and not extractors:
-        raise InputError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the extractors "
-                         "that made them")
+    with map_lock(map_path):
+        refmap = ReferenceMap.load(map_path)  # recovers a map left aside by a killed write first
+        work = map_path.parent / f".{map_path.name}.append.partial"
+        base = read_manifest(map_path)["files"]["descriptors.npy"]["sha256"]
+        _discard_stale_append_work(work, base)
+        encoder = encoder or make_encoder(config.encoder)
+        refmap.check_encoder(encoder.describe())
+        known = set(refmap.frames.sources)
+        fresh = np.array([s not in known for s in source.frames.sources], dtype=bool)
+        if not fresh.all():
+            log.info("%d of %d frames are already in %s and are skipped", int((~fresh).sum()), len(source),
+                     map_path)
+        if not fresh.any():
+            return refmap, 0
+        rows = np.flatnonzero(fresh)
+        start_id = int(refmap.frames.ids.max()) + 1 if len(refmap) else 0
+        f = source.frames
+        frames = FrameTable(ids=start_id + np.arange(len(rows)), names=[f.names[i] for i in rows],
+                            sources=[f.sources[i] for i in rows], stamps=f.stamps[rows],
+                            positions=f.positions[rows], orientations=f.orientations[rows])
+        subset = FrameSource(frames, lambda i: source.load_image(int(rows[i])))
+        size = (int(refmap.input_size[0]), int(refmap.input_size[1]))
+        extractors = list(extractors)
+        if not extractors and PATCH_SECTION in refmap.sections:
+            # A Patch-NetVLAD store describes itself in the manifest: grow it with the same configuration.
+            extractors.append(patch_extractor(stored_spec(refmap), config.patches.strategy))
+        if refmap.arrays and not extractors:
+            raise InputError(f"{map_path} stores per-frame arrays {sorted(refmap.arrays)}; append with the "
+                             "extractors that made them")
 
-    work = map_path.parent / f".{map_path.name}.append.partial"
-    base = read_manifest(map_path)["files"]["descriptors.npy"]["sha256"]
-    fingerprint = _fingerprint(config, encoder, frames, {"append_to": base, "size": size})
-    _open_work_dir(work, fingerprint, len(frames))
-    merged = encode_in_chunks(subset, encoder, refmap.head, size, work, config.chunk_size, extractors, progress)
-    descriptors = merged.pop("descriptors")
-    if set(merged) != set(refmap.arrays):
-        raise InputError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
-                         f"{sorted(refmap.arrays)}")
-    refmap.append(frames, descriptors, merged)
-    refmap.provenance.setdefault("appended", []).append(
-        {"frames": len(frames), "first_id": start_id, **(provenance or {})})
-    refmap.save(map_path, overwrite=True)
-    shutil.rmtree(work, ignore_errors=True)
-    return ReferenceMap.load(map_path), len(frames)
+        fingerprint = _fingerprint(config, encoder, frames, {"append_to": base, "size": size})
+        _open_work_dir(work, fingerprint, len(frames), append_to=base)
+        merged = encode_in_chunks(subset, encoder, refmap.head, size, work, config.chunk_size, extractors,
+                                  progress)
+        descriptors = merged.pop("descriptors")
+        if set(merged) != set(refmap.arrays):
+            raise InputError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
+                             f"{sorted(refmap.arrays)}")
+        refmap.append(frames, descriptors, merged)
+        refmap.provenance.setdefault("appended", []).append(
+            {"frames": len(frames), "first_id": start_id, **(provenance or {})})
+        refmap.save(map_path, overwrite=True)
+        fault_point("append:after-save")
+        shutil.rmtree(work, ignore_errors=True)
+        return ReferenceMap.load(map_path), len(frames)

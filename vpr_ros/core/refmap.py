@@ -10,17 +10,30 @@ Layout of a map directory (format version :data:`FORMAT_VERSION`)::
                        (absent for ``global`` encoders, whose output already is the descriptor)
     arrays/<name>.npy  extra per-map arrays (e.g. the Patch-NetVLAD patch store), memory-mapped on load
 
-Writes are atomic: everything goes into a temporary sibling directory that is renamed into place, so a
-crash never leaves a half-written map under the final name. Loading checks the format version and the
-sha256 of every file and names the file at fault.
+Writes are atomic and crash-safe: everything goes into a temporary sibling directory (``.NAME.tmp-*``) that
+is fsynced and renamed into place; an existing map is first renamed aside (``.NAME.old-*``) and removed only
+once the new one is in place. A kill at any step leaves a complete map, the old or the new: if it struck
+between the two renames, the next open or write puts the old map back (:func:`recover_interrupted_swap`),
+and leftover temporary directories are removed. Writers hold the map's lock file (``.NAME.lock``,
+:func:`map_lock`) for the whole build, append and swap, so two of them cannot race. Only a vpr_ros map is
+ever replaced (:func:`check_overwritable`). Loading checks the format version, the manifest's
+own ``manifest_sha256``, every manifest value and file name (:mod:`vpr_ros.core.map_manifest`) and the sha256 of
+every file, and names the file or field at fault.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
+import logging
 import os
+import re
 import shutil
+import signal
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +45,24 @@ from vpr_ros import __version__
 from vpr_ros.config import setting
 from vpr_ros.core.files import sha256_file
 from vpr_ros.core.frames import FrameTable
+from vpr_ros.core.map_manifest import (
+    MapManifest,
+    check_map_data,
+    map_file,
+    sealed_manifest_text,
+    validate_manifest,
+)
 from vpr_ros.core.vlad import VladHead
 from vpr_ros.errors import InputError, MapError
 
+log = logging.getLogger(__name__)
+
 FORMAT_NAME = "vpr_ros.reference_map"
 FORMAT_VERSION = 1
+
+#: Test hook: ``VPR_ROS_FAULT_AT=<step>`` in the environment makes a map writer kill itself at that step (see
+#: :func:`fault_point`). Read once at import, so that unset it costs one string comparison per step.
+_FAULT_AT = os.environ.get("VPR_ROS_FAULT_AT")
 
 
 @dataclass(frozen=True)
@@ -158,83 +184,92 @@ class ReferenceMap:
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write the map atomically to ``path`` (a directory). Returns the final path."""
+        """Write the map to ``path`` (a directory), crash-safely (see the module doc). Returns the final path.
+
+        Holds the map's lock (:func:`map_lock`) throughout and first recovers what a killed earlier write left
+        (:func:`recover_interrupted_swap`). With ``overwrite``, only a vpr_ros map is replaced
+        (:func:`check_overwritable`); anything else at ``path`` is refused.
+        """
         import faiss
 
         path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            (tmp / "frames.csv").write_text(self.frames.to_csv())
-            np.save(tmp / "descriptors.npy", self.descriptors)
-            faiss.write_index(self.index, str(tmp / "global.faiss"))
-            if self.head is not None:
-                np.savez(tmp / "head.npz", **self.head.to_arrays())
-            if self.arrays:
-                (tmp / "arrays").mkdir()
-                for name, array in self.arrays.items():
-                    np.save(tmp / "arrays" / f"{name}.npy", np.asarray(array))
-            manifest = self.manifest()
-            manifest["files"] = {
-                str(f.relative_to(tmp)): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-                for f in sorted(tmp.rglob("*")) if f.is_file()}
-            (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-            _fsync_tree(tmp)
-            _swap_into_place(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with map_lock(path):
+            recover_interrupted_swap(path)
+            if os.path.lexists(path):
+                if not overwrite:
+                    raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+                check_overwritable(path)
+            tmp = _sibling(path, "tmp")
+            tmp.mkdir()
+            try:
+                (tmp / "frames.csv").write_text(self.frames.to_csv())
+                fault_point("save:wrote:frames.csv")
+                np.save(tmp / "descriptors.npy", self.descriptors)
+                fault_point("save:wrote:descriptors.npy")
+                faiss.write_index(self.index, str(tmp / "global.faiss"))
+                fault_point("save:wrote:global.faiss")
+                if self.head is not None:
+                    np.savez(tmp / "head.npz", **self.head.to_arrays())
+                    fault_point("save:wrote:head.npz")
+                if self.arrays:
+                    (tmp / "arrays").mkdir()
+                    for name, array in self.arrays.items():
+                        np.save(tmp / "arrays" / f"{name}.npy", np.asarray(array))
+                        fault_point(f"save:wrote:arrays/{name}.npy")
+                manifest = self.manifest()
+                manifest["files"] = {
+                    str(f.relative_to(tmp)): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+                    for f in sorted(tmp.rglob("*")) if f.is_file()}
+                (tmp / "manifest.yaml").write_text(sealed_manifest_text(manifest))
+                fault_point("save:wrote:manifest.yaml")
+                _fsync_tree(tmp)
+                fault_point("save:after-fsync")
+                _swap_into_place(tmp, path)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         return path
 
     @classmethod
     def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> ReferenceMap:
-        """Load and (by default) verify every file's sha256; raise MapError naming the faulty file."""
+        """Load and (by default) verify every file's sha256; raise MapError naming the faulty file or manifest
+        field (see :mod:`vpr_ros.core.map_manifest` for what the manifest may say)."""
+        recover_interrupted_swap(path)  # a write killed between its two renames left the map aside: put it back
         import faiss
 
         path = Path(path)
-        manifest = read_manifest(path)
-        files = manifest.get("files") or {}
-        required = ["frames.csv", "descriptors.npy", "global.faiss"]
-        if (manifest.get("head") or {}).get("type", "vlad") != "none":
-            required.append("head.npz")
-        for rel in required:
-            if rel not in files:
-                raise MapError(f"{path / 'manifest.yaml'}: lists no {rel}")
-        for rel, meta in files.items():
-            f = path / rel
-            if not f.is_file():
-                raise MapError(f"{f}: missing (listed in the manifest)")
-            if f.stat().st_size != int(meta["bytes"]):
-                raise MapError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta['bytes']} "
+        manifest = open_manifest(path)
+        where = str(path / "manifest.yaml")
+        files = {rel: map_file(path, rel, where) for rel in manifest.files}
+        for rel, meta in manifest.files.items():
+            f = files[rel]
+            if f.stat().st_size != meta.bytes:
+                raise MapError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta.bytes} "
                                "(truncated or replaced)")
-            if verify and sha256_file(f) != meta["sha256"]:
+            if verify and sha256_file(f) != meta.sha256:
                 raise MapError(f"{f}: sha256 mismatch, the file is corrupt or was modified after the map was built")
         try:
-            frames = FrameTable.from_csv((path / "frames.csv").read_text(), str(path / "frames.csv"))
-            descriptors = np.load(path / "descriptors.npy", mmap_mode="r" if mmap else None)
+            frames = FrameTable.from_csv(files["frames.csv"].read_text(), str(files["frames.csv"]))
+            descriptors = np.load(files["descriptors.npy"], mmap_mode="r" if mmap else None)
             head = None
             if "head.npz" in files:
-                with np.load(path / "head.npz") as npz:
+                with np.load(files["head.npz"]) as npz:
                     head = VladHead.from_arrays(dict(npz))
-            index = faiss.read_index(str(path / "global.faiss"))
-            arrays = {rel[len("arrays/"):-len(".npy")]: np.load(path / rel, mmap_mode="r" if mmap else None)
-                      for rel in files if rel.startswith("arrays/") and rel.endswith(".npy")}
+            index = faiss.read_index(str(files["global.faiss"]))
+            arrays = {name: np.load(files[rel], mmap_mode="r" if mmap else None)
+                      for name, rel in manifest.arrays.items()}
         except MapError:
             raise
         except Exception as exc:
             raise MapError(f"{path}: could not read map data ({type(exc).__name__}: {exc})") from exc
         if index.ntotal != len(frames):
             raise MapError(f"{path / 'global.faiss'}: holds {index.ntotal} vectors for {len(frames)} frames")
-        idx_meta = manifest.get("index", {})
-        refmap = cls(frames=frames, descriptors=np.asarray(descriptors), head=head,
-                     encoder=dict(manifest["encoder"]), input_size=tuple(manifest["input_size"]),
-                     index_config=IndexConfig(factory=str(idx_meta.get("factory", "Flat")),
-                                              nprobe=int(idx_meta.get("nprobe", 16))),
-                     frame_id=str(manifest.get("frame_id", "map")), sections=dict(manifest.get("sections") or {}),
-                     arrays=arrays, provenance=dict(manifest.get("provenance") or {}))
+        check_map_data(manifest, len(frames), descriptors, head, index, where)
+        refmap = cls(frames=frames, descriptors=np.asarray(descriptors), head=head, encoder=dict(manifest.encoder),
+                     input_size=(manifest.summary.input_size[0], manifest.summary.input_size[1]),
+                     index_config=IndexConfig(factory=manifest.index.factory, nprobe=manifest.index.nprobe),
+                     frame_id=manifest.summary.frame_id, sections=dict(manifest.sections), arrays=arrays,
+                     provenance=dict(manifest.provenance))
         _set_nprobe(index, refmap.index_config.nprobe)
         refmap._index = index
         return refmap
@@ -254,17 +289,24 @@ class ReferenceMap:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and check a map's manifest (format name and version)."""
+    """A map's manifest as read, once checked (format, version, its own hash, every value and file name)."""
+    return open_manifest(path).raw
+
+
+def open_manifest(path: Path) -> MapManifest:
+    """Read and check a map's manifest: format name and version first, then :func:`validate_manifest`."""
     if not path.is_dir():
         raise MapError(f"reference map {path} does not exist or is not a directory "
                        "(build one with `build_map`)")
     mf = path / "manifest.yaml"
+    if mf.is_symlink():
+        raise MapError(f"{mf}: is a symbolic link; a map's files must be regular files inside its directory")
     try:
         manifest = yaml.safe_load(mf.read_text())
     except FileNotFoundError:
         raise MapError(f"{mf}: missing; {path} is not a vpr_ros map (or its build was interrupted)") from None
-    except yaml.YAMLError as exc:
-        raise MapError(f"{mf}: not valid YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise MapError(f"{mf}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise MapError(f"{mf}: not a vpr_ros map manifest (format is {found!r})")
@@ -272,7 +314,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise MapError(f"{mf}: map format version {version}, this vpr_ros {__version__} reads version "
                        f"{FORMAT_VERSION}; rebuild the map")
-    return manifest
+    return validate_manifest(manifest, str(mf))
 
 
 def build_index(descriptors: np.ndarray, config: IndexConfig) -> Any:
@@ -299,29 +341,232 @@ def _set_nprobe(index: Any, nprobe: int) -> None:
         ivf.nprobe = nprobe
 
 
-def _fsync_tree(root: Path) -> None:
-    for f in root.rglob("*"):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(root, os.O_RDONLY)
+def fault_point(step: str) -> None:
+    """Test hook: kill this process with SIGKILL here when the environment variable ``VPR_ROS_FAULT_AT`` is ``step``.
+
+    Steps of :meth:`ReferenceMap.save`, in order: ``save:wrote:<file>`` after each file of the new map is written
+    into its temporary directory (``frames.csv``, ``descriptors.npy``, ``global.faiss``, ``head.npz``,
+    ``arrays/<name>.npy``, ``manifest.yaml``), ``save:after-fsync``, ``swap:after-aside`` (old map renamed aside),
+    ``swap:after-in-place`` (new map renamed in), ``swap:after-old-disowned`` (the old copy's manifest removed),
+    ``swap:after-old-removed``; :mod:`vpr_ros.core.map_builder` adds ``build:after-save`` and
+    ``append:after-save``. Only test/test_map_faults.py sets it, to kill a real writer at every step.
+    """
+    if step == _FAULT_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class MapLockedError(MapError):
+    """Another process holds the map's lock file: it is building, appending to or replacing that map."""
+
+
+def lock_file(path: Path) -> Path:
+    """The lock file of the map at ``path``: ``.NAME.lock`` beside it."""
+    return path.parent / f".{path.name}.lock"
+
+
+# Lock files this process holds (absolute path -> [descriptor, depth]): map_lock is re-entrant within a process,
+# as build_map holds the lock and calls ReferenceMap.save, which takes it again.
+_held_locks: dict[str, list[int]] = {}
+_held_locks_guard = threading.Lock()
+
+
+@contextmanager
+def map_lock(path: str | Path) -> Iterator[None]:
+    """Hold the lock of the map at ``path`` (an exclusive ``fcntl.flock`` on ``.NAME.lock``) for a whole write.
+
+    Never waits: while another process holds it, :class:`MapLockedError` names the lock file and the holder's
+    pid (which the holder writes into it). Re-entrant within a process. The lock file is removed on release;
+    the kernel releases the lock of a killed holder. Creates the map's parent folder.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the folder of map {path}: {exc.strerror or exc}") from None
+    lock = lock_file(path)
+    key = str(lock.parent.resolve() / lock.name)
+    with _held_locks_guard:
+        if key in _held_locks:
+            _held_locks[key][1] += 1
+        else:
+            _held_locks[key] = [_acquire_lock(lock, path), 1]
+    try:
+        yield
+    finally:
+        with _held_locks_guard:
+            held = _held_locks[key]
+            held[1] -= 1
+            if held[1] == 0:
+                del _held_locks[key]
+                with suppress(OSError):  # a read-only folder: the stale file is harmless, the lock goes anyway
+                    lock.unlink()
+                os.close(held[0])
+
+
+def _acquire_lock(lock: Path, path: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise MapError(f"cannot create the lock file {lock} of map {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise MapLockedError(f"{path} is being written by another process (lock file {lock} held by pid "
+                                 f"{holder}); wait for it to finish") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder removes the file on release: if that happened between our open and our flock, we
+        # locked a file nobody else will look at, so lock the one now at that name instead.
+        try:
+            current = lock.stat()
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    """A fresh ``.NAME.<kind>-<8 hex digits>`` beside ``path`` (kind ``tmp``: a map being written, ``old``: a map
+    moved aside); :func:`_leftovers` recognises exactly these names."""
+    return path.parent / f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def _leftovers(path: Path) -> dict[str, list[Path]]:
+    """The ``.NAME.tmp-*`` directories and ``.NAME.old-*`` directories (or links) beside ``path``, by kind."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-[0-9a-f]{{8}}")
+    found: dict[str, list[Path]] = {"tmp": [], "old": []}
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:  # no parent folder, or not readable: nothing of ours can be there
+        return found
+    for entry in sorted(entries, key=lambda e: e.name):
+        match = pattern.fullmatch(entry.name)
+        if match is None:
+            continue
+        kind = match.group(1)
+        if entry.is_dir(follow_symlinks=False) or (kind == "old" and entry.is_symlink()):
+            found[kind].append(Path(entry.path))
+    return found
+
+
+def recover_interrupted_swap(path: str | Path) -> None:
+    """Clean up after a write of the map at ``path`` that was killed: put back a map it had moved aside, remove
+    its temporary directories.
+
+    - No map at ``path`` but a complete ``.NAME.old-*`` (one that still has its manifest): the kill struck
+      between moving the old map aside and moving the new one in, so the old one is renamed back.
+    - Any other ``.NAME.old-*`` (the new map arrived) and every ``.NAME.tmp-*`` is removed.
+
+    Only while nobody else holds the map's lock (a running writer owns the leftovers it is making), and only
+    names of exactly the pattern this module creates. Cheap when there is nothing to do: one folder listing.
+    """
+    path = Path(path)
+    leftovers = _leftovers(path)
+    if not (leftovers["tmp"] or leftovers["old"] or lock_file(path).exists()):
+        return
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(map_lock(path))
+        except MapError:  # another process is writing this map, or its folder is read-only: leave it
+            return
+        leftovers = _leftovers(path)  # again: the previous holder may have finished meanwhile
+        restorable = [old for old in leftovers["old"] if (old / "manifest.yaml").is_file()]
+        if not os.path.lexists(path) and restorable:
+            if len(restorable) > 1:
+                raise MapError(f"{path} is missing and {len(restorable)} earlier copies of it were left by interrupted "
+                               f"writes ({', '.join(p.name for p in restorable)}); rename the one to keep to "
+                               f"{path.name}")
+            log.warning("%s: putting back the map that an interrupted write had moved aside to %s", path,
+                        restorable[0].name)
+            restorable[0].rename(path)
+            _fsync_dir(path.parent)
+        for leftover in leftovers["tmp"] + leftovers["old"]:
+            if os.path.lexists(leftover):
+                log.info("removing %s, left by an interrupted write of %s", leftover, path)
+                _remove(leftover)
+
+
+def check_overwritable(path: str | Path) -> None:
+    """Refuse to replace ``path`` unless it is a vpr_ros map: a directory whose ``manifest.yaml`` names the format
+    :data:`FORMAT_NAME` (of any version). Guards ``overwrite`` against deleting, say, an image folder."""
+    path = Path(path)
+    reason = None
+    if not path.is_dir():
+        reason = "not a directory"
+    else:
+        try:
+            manifest = yaml.safe_load((path / "manifest.yaml").read_text())
+        except FileNotFoundError:
+            reason = "it has no manifest.yaml"
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            reason = f"its manifest.yaml is unreadable: {type(exc).__name__}"
+        else:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            if found != FORMAT_NAME:
+                reason = f"its manifest.yaml names format {found!r}"
+    if reason is not None:
+        raise InputError(f"{path} is not a vpr_ros map ({reason}); refusing to replace it: overwrite replaces only "
+                         f"a directory whose manifest.yaml names format {FORMAT_NAME!r}")
+
+
+def _remove(path: Path) -> None:
+    """Remove a leftover: a link is unlinked (never what it points to), a directory removed with its content."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under ``root`` and ``root`` itself: the new map is on disk before its rename."""
+    entries = sorted(root.rglob("*"))
+    for f in entries:
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    for folder in [f for f in entries if f.is_dir()] + [root]:
+        _fsync_dir(folder)
+
+
 def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing map is moved aside first and removed only afterwards."""
+    """Rename ``tmp`` to ``path``. An existing map is renamed aside first and removed only once the new one is in
+    place; a kill in between leaves it aside, complete, for :func:`recover_interrupted_swap` to put back."""
     old = None
-    if path.exists():
-        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    if os.path.lexists(path):
+        old = _sibling(path, "old")
         path.rename(old)
+        _fsync_dir(path.parent)
+        fault_point("swap:after-aside")
     try:
         tmp.rename(path)
     except BaseException:
         if old is not None:
             old.rename(path)
         raise
+    _fsync_dir(path.parent)
+    fault_point("swap:after-in-place")
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if not old.is_symlink():
+            # The manifest goes first: a copy aside without one is never put back, so a kill while it is being
+            # removed cannot bring back half a map.
+            (old / "manifest.yaml").unlink(missing_ok=True)
+            fault_point("swap:after-old-disowned")
+        _remove(old)
+        fault_point("swap:after-old-removed")

@@ -45,7 +45,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.core.frames import FrameSource, FrameTable
-from vpr_ros.core.image import load_rgb
+from vpr_ros.core.image import DEFAULT_MAX_PIXELS, load_rgb
 from vpr_ros.io.bag_poses import PoseSpec, poses_at
 from vpr_ros.io.bag_reader import Bag, BagError, bag_kind, header_stamp_ns
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
@@ -107,11 +107,14 @@ def _stamp_ns(stamp: Any) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
-def decode_image(bag: Bag, msgtype: str, raw: Any, topic: str, log_time: int) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of one serialised Image / CompressedImage; BagError naming the message if it fails."""
+def decode_image(bag: Bag, msgtype: str, raw: Any, topic: str, log_time: int,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of one serialised Image / CompressedImage; BagError naming the message if it fails
+    (an image declaring more than ``max_pixels`` pixels is refused before decoding)."""
     msg = bag.deserialize(raw, msgtype, topic)
     try:
-        return compressed_msg_to_rgb(msg) if msgtype == COMPRESSED_IMAGE else image_msg_to_rgb(msg)
+        return (compressed_msg_to_rgb(msg, max_pixels) if msgtype == COMPRESSED_IMAGE
+                else image_msg_to_rgb(msg, max_pixels))
     except ImageDecodeError as exc:
         raise BagError(f"{bag.path}: image on {topic} at log time {log_time * 1e-9:.6f} s cannot be decoded: "
                        f"{exc}") from exc
@@ -124,9 +127,10 @@ class BagImageLoader:
     :class:`BagFrameSource` as a context manager) when done.
     """
 
-    def __init__(self, index: ImageTopicIndex, ordinals: np.ndarray) -> None:
+    def __init__(self, index: ImageTopicIndex, ordinals: np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.index = index
         self.ordinals = np.asarray(ordinals, dtype=np.int64)
+        self.max_pixels = max_pixels
         self._bag: Bag | None = None
         self._conns: list[Any] = []
         self._it: Iterator[tuple[Any, int, Any]] | None = None
@@ -159,7 +163,7 @@ class BagImageLoader:
             current = self._next_ordinal
             self._next_ordinal += 1
             if current == ordinal:
-                return decode_image(bag, conn.msgtype, raw, self.index.topic, t)
+                return decode_image(bag, conn.msgtype, raw, self.index.topic, t, self.max_pixels)
         raise BagError(f"{self.index.bag}: topic {self.index.topic} ended before message {ordinal}; the bag changed "
                        "since it was indexed")
 
@@ -288,18 +292,23 @@ class BagFrameSource(FrameSource):
 
 
 def bag_frame_source(bag_path: str | Path, image_topic: str, poses: PoseSpec | None = None,
-                     selection: FrameSelection | None = None, progress: bool = True) -> BagFrameSource:
+                     selection: FrameSelection | None = None, progress: bool = True, skip_damaged: bool = False,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> BagFrameSource:
     """Frames from ``image_topic`` of a bag, with poses from ``poses`` (a :class:`vpr_ros.io.bag_poses.PoseSpec`).
 
     Frames without a pose (outside the pose stream, or in a gap) are skipped when a pose source is given.
+    A damaged bag whose topics read short is an error (:class:`vpr_ros.io.bag_reader.DamagedBagError`) unless
+    ``skip_damaged``, which goes on with the readable messages and records the counts in ``info``.
+    Images declaring more than ``max_pixels`` pixels are refused before decoding.
     ``info`` records the bag, topic, pose source, GNSS origin (if any) and counts, for map provenance.
     """
     selection = selection or FrameSelection()
     poses = poses or PoseSpec()
-    with Bag(bag_path) as bag:
+    with Bag(bag_path, skip_damaged=skip_damaged) as bag:
         index = index_image_topic(bag, image_topic, progress=progress)
         stamps = index.stamps
         result = poses_at(bag, poses, stamps, progress=progress)
+        damaged = dict(bag.damaged)
     n = len(index)
     keep_pose = result.valid if poses.given else np.ones(n, dtype=bool)
     if poses.given and not keep_pose.all():
@@ -321,7 +330,10 @@ def bag_frame_source(bag_path: str | Path, image_topic: str, poses: PoseSpec | N
             "frames": len(picked), "poses": result.description, "selection": selection.describe()}
     if result.origin is not None:
         info["geodetic_origin"] = result.origin.to_dict()
+    if damaged:
+        info["damaged_topics"] = {topic: {"declared": declared, "read": read, "skipped": declared - read}
+                                  for topic, (declared, read) in damaged.items()}
     log.info("%s: %d of %d images on %s selected as frames (%s)", index.bag, len(picked), n, image_topic,
              result.description)
-    loader = BagImageLoader(index, picked)
+    loader = BagImageLoader(index, picked, max_pixels)
     return BagFrameSource(frames=frames, load_image=loader, loader=loader, info=info)

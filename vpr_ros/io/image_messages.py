@@ -10,6 +10,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from vpr_ros.core.image import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    UnknownImageSizeError,
+    check_pixel_limit,
+    decode_rgb,
+)
 from vpr_ros.errors import InputError
 
 # ROS encoding -> (channels, numpy dtype, OpenCV conversion to RGB or None)
@@ -55,11 +62,12 @@ class ImageDecodeError(InputError):
         self.kind = kind
 
 
-def image_msg_to_rgb(msg: Any) -> np.ndarray:
+def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB. 16-bit images keep their 8 most significant bits.
 
     ``step`` (row padding) is honoured for every encoding, ``is_bigendian`` for the 16-bit ones (8-bit data,
-    YUV included, is a byte sequence with no byte order).
+    YUV included, is a byte sequence with no byte order). An image of more than ``max_pixels`` pixels is refused
+    before it is copied or converted.
     """
     encoding = str(msg.encoding)
     spec = _ENCODINGS.get(encoding)
@@ -70,6 +78,10 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ImageDecodeError("empty", f"zero-size image ({width}x{height}, encoding {encoding})")
+    try:
+        check_pixel_limit(width, height, max_pixels, f"{encoding} image ({channels} channel(s))")
+    except ImageTooLargeError as exc:
+        raise ImageDecodeError("too_large", str(exc)) from exc
     if encoding in _PIXEL_PAIRS and width % 2:
         raise ImageDecodeError("size", f"{encoding} image {width}x{height}: this encoding packs pixels in pairs, "
                                        "so the width must be even")
@@ -92,14 +104,23 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
-    """sensor_msgs/CompressedImage (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB."""
+def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG, PNG, ...) -> (H, W, 3) uint8 RGB.
+
+    The size the data declares in its header is checked against ``max_pixels`` before anything is decoded
+    (a small PNG can declare gigabytes of pixels).
+    """
     data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     fmt = str(getattr(msg, "format", "")) or "unknown"
     if data.size == 0:
         raise ImageDecodeError("empty", f"empty CompressedImage (format {fmt!r})")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ImageDecodeError("decode", f"CompressedImage with format {fmt!r} ({data.size} bytes) could not be "
-                                         "decoded (corrupt or unsupported data)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    what = f"CompressedImage with format {fmt!r} ({data.size} bytes)"
+    try:
+        image = decode_rgb(data, what, max_pixels)
+    except ImageTooLargeError as exc:
+        raise ImageDecodeError("too_large", str(exc)) from exc
+    except UnknownImageSizeError:
+        image = None
+    if image is None:
+        raise ImageDecodeError("decode", f"{what} could not be decoded (corrupt or unsupported data)")
+    return image

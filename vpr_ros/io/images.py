@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.core.frames import FrameSource, FrameTable
-from vpr_ros.core.image import IMAGE_SUFFIXES, load_rgb
+from vpr_ros.core.image import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, load_rgb
 from vpr_ros.io.poses import PoseFileError, interpolate_poses, read_pose_file
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def stamp_from_name(path: Path) -> float:
 
 
 def folder_source(folder: str | Path, pose_file: str | Path | None = None, pose_format: str = "auto",
-                  max_time_diff: float = 0.1) -> FrameSource:
+                  max_time_diff: float = 0.1, max_pixels: int = DEFAULT_MAX_PIXELS) -> FrameSource:
     """Frames from an image folder and an optional pose file.
 
     Named poses (CSV) are matched to image file names (with or without extension); unnamed, stamped poses
@@ -57,6 +57,8 @@ def folder_source(folder: str | Path, pose_file: str | Path | None = None, pose_
     keep = np.ones(n, dtype=bool)
     if pose_file is not None:
         table = read_pose_file(pose_file, pose_format)
+        if len(table) == 0:
+            raise PoseFileError(f"{pose_file}: no poses (expected one row per image of {folder})")
         if all(table.names):
             lookup = table.by_name()
             rows = np.array([lookup.get(p.name, lookup.get(p.stem, -1)) for p in images])
@@ -81,4 +83,4 @@ def folder_source(folder: str | Path, pose_file: str | Path | None = None, pose_
     kept = [p for p, k in zip(images, keep, strict=True) if k]
     frames = FrameTable(ids=np.arange(len(kept)), names=[p.name for p in kept], sources=[str(p) for p in kept],
                         stamps=stamps[keep], positions=positions[keep], orientations=orientations[keep])
-    return FrameSource(frames=frames, load_image=lambda i: load_rgb(kept[i]))
+    return FrameSource(frames=frames, load_image=lambda i: load_rgb(kept[i], max_pixels))

@@ -13,6 +13,8 @@ Publications
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rate, latency percentiles, drops, errors.
 Services
     ``~/reload_map`` (std_srvs/Trigger): load the map (and encoder) again, e.g. after rebuilding it.
+    If that fails, the map loaded before stays in use and /diagnostics reports WARN with the map path and
+    the error until a reload succeeds.
     ``~/reset`` (std_srvs/Trigger): forget the sequence buffer and the loop-closure history.
 
 The image callback only hands the message to a latest-only slot; a worker thread decodes, localizes and
@@ -24,23 +26,27 @@ running.
 
 from __future__ import annotations
 
+import difflib
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import rclpy
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
-from vpr_ros.config import ConfigError, config_from_dict, field_docs, unflatten
+from vpr_ros.config import ConfigError, config_from_dict, field_docs, flatten_config, unflatten
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Localizer
 from vpr_ros.core.loop_closure import LoopClosureGate
@@ -56,24 +62,85 @@ from vpr_ros.nodes.messages import (
 from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats
 
 
-def declare_config_parameters(node: Node, cls: type) -> Any:
-    """Declare one read-only ROS parameter per config leaf and build the validated config from them."""
-    values = {}
-    for name, (default, help_, meta) in field_docs(cls).items():
+def command_line_parameters(args: Sequence[str], node_name: str) -> dict[str, Any]:
+    """The ``-p name:=value`` (``--param``) assignments of a ROS command line that apply to ``node_name``.
+
+    Values are read as YAML, as rcl reads them. rcl itself drops an assignment whose type differs from the
+    value a ``--params-file`` gives the same parameter, without a word (``-p localizer.top_k:=abc`` with
+    ``config/localize.yaml``), so the node checks the command line's assignments itself.
+
+    Example:
+        >>> command_line_parameters(["x", "--ros-args", "-p", "localizer.top_k:=abc", "-p", "other:a:=1",
+        ...                          "--param", "localize:verify_map:=maybe", "--", "-p", "b:=2"], "localize")
+        {'localizer.top_k': 'abc', 'verify_map': 'maybe'}
+    """
+    assignments: dict[str, Any] = {}
+    in_ros_args = False
+    items = iter(args)
+    for arg in items:
+        if arg == "--ros-args":
+            in_ros_args = True
+        elif arg == "--":
+            in_ros_args = False
+        elif in_ros_args and arg in ("-p", "--param"):
+            name, _, text = next(items, "").partition(":=")
+            target, prefixed, leaf = name.rpartition(":")
+            if prefixed and target.lstrip("/") != node_name:
+                continue
+            try:
+                assignments[leaf.strip()] = yaml.safe_load(text)
+            except yaml.YAMLError:
+                assignments[leaf.strip()] = text
+    return assignments
+
+
+def declare_config_parameters(node: Node, cls: type, command_line: Mapping[str, Any] | None = None) -> Any:
+    """Declare one read-only ROS parameter per config leaf and build the validated config from them.
+
+    The parameters are declared with dynamic typing first, so a value of the wrong type (from a params file,
+    a ``-p`` or ``parameter_overrides``) reaches the typed config's validation, which names the parameter,
+    the value and what it expects (rclpy would raise InvalidParameterTypeException with a traceback, and
+    refuse an integer for a float parameter). ``command_line`` (see :func:`command_line_parameters`) wins
+    over what rcl passed on. Once valid, each parameter holds its validated value, typed and read-only.
+
+    Raises:
+        ConfigError: a parameter is of the wrong type or out of range, or a ``-p`` names no parameter.
+    """
+    command_line = dict(command_line or {})
+    docs = field_docs(cls)
+    descriptions: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name, (default, help_, meta) in docs.items():
         extra = f" One of {list(meta['choices'])}." if "choices" in meta else ""
         bounds = "".join(f" {k} {meta[k]}." for k in ("min", "max") if k in meta)
-        descriptor = ParameterDescriptor(description=f"{help_}.{extra}{bounds}", read_only=True)
+        descriptions[name] = f"{help_}.{extra}{bounds}"
         value = list(default) if isinstance(default, tuple) else default
-        values[name] = node.declare_parameter(name, value, descriptor).value
-    return config_from_dict(cls, unflatten(values), where=f"node {node.get_name()} parameters")
+        declared = node.declare_parameter(name, value, ParameterDescriptor(
+            description=descriptions[name], dynamic_typing=True)).value
+        values[name] = command_line.pop(name) if name in command_line else declared
+    unknown = sorted(name for name in command_line if not node.has_parameter(name))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], docs, n=1)
+        raise ConfigError(f"{unknown[0]}: no such parameter" + (f" (did you mean {close[0]}?)" if close else "")
+                          + f"; {node.get_name()} has {len(docs)}, see config/localize.yaml")
+    config = config_from_dict(cls, unflatten(values))
+    for name, value in flatten_config(config).items():
+        parameter = Parameter(name, value=list(value) if isinstance(value, tuple) else value)
+        node.set_parameters([parameter])
+        node.set_descriptor(name, ParameterDescriptor(description=descriptions[name], read_only=True,
+                                                      type=parameter.type_.value))
+    return config
 
 
 class LocalizeNode(Node):
     """Thin ROS layer over :class:`vpr_ros.core.localizer.Localizer`."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, command_line: Sequence[str] = (), **kwargs: Any) -> None:
+        """``command_line``: the process's arguments (``main`` passes ``sys.argv``), whose ``-p`` assignments
+        are checked (see :func:`command_line_parameters`); ``kwargs`` go to :class:`rclpy.node.Node`."""
         super().__init__("localize", **kwargs)
-        self.config: LocalizeNodeConfig = declare_config_parameters(self, LocalizeNodeConfig)
+        assignments = command_line_parameters([*command_line, *(kwargs.get("cli_args") or ())], self.get_name())
+        self.config: LocalizeNodeConfig = declare_config_parameters(self, LocalizeNodeConfig, assignments)
         if not self.config.map_path:
             raise ConfigError("parameter map_path is required: the reference map directory made by build_map")
         self.stats = RuntimeStats()
@@ -178,7 +245,9 @@ class LocalizeNode(Node):
             self.stats.on_error("no_map", f"frame ignored, no map loaded: {self.map_error}")
             return
         try:
-            rgb = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
+            limit = self.config.max_pixels
+            rgb = compressed_msg_to_rgb(msg, limit) if isinstance(msg, CompressedImage) else \
+                image_msg_to_rgb(msg, limit)
         except ImageDecodeError as exc:
             self.stats.on_error(exc.kind, str(exc))
             self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
@@ -209,6 +278,10 @@ class LocalizeNode(Node):
         errors = sum(s.errors.values())
         if self.localizer is None:
             level, message = DiagnosticStatus.ERROR, f"no map loaded: {self.map_error}"
+        elif self.map_error:
+            # A failed ~/reload_map keeps the previous pipeline running; say so until a reload succeeds.
+            level, message = DiagnosticStatus.WARN, (f"reload of map {self.config.map_path} failed, still "
+                                                     f"localizing with the map loaded before: {self.map_error}")
         elif errors:
             level, message = DiagnosticStatus.WARN, f"{errors} frame(s) failed; last: {s.last_error}"
         else:
@@ -217,7 +290,7 @@ class LocalizeNode(Node):
                   "errors_total": errors, "rate_hz": round(s.rate_hz(), 3),
                   **{k: round(v, 3) for k, v in s.latency_percentiles().items()},
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
-                  "map_path": self.config.map_path, "last_error": s.last_error,
+                  "map_path": self.config.map_path, "map_error": self.map_error, "last_error": s.last_error,
                   "loop_closures": self.loop_closures}
         sequence = self.localizer.sequence if self.localizer is not None else None
         if sequence is not None:
@@ -240,10 +313,16 @@ class LocalizeNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
+    args = sys.argv if args is None else args
+    try:
+        rclpy.init(args=args)
+    except RuntimeError as exc:  # rcl refuses the --ros-args (e.g. "-p name" without ":=value", a missing params file)
+        reason = str(exc).split(". Error:")[0].split(", at /")[0]
+        print(f"localize: invalid ROS arguments: {reason}", file=sys.stderr)
+        sys.exit(2)
     node = None
     try:
-        node = LocalizeNode()
+        node = LocalizeNode(command_line=args)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -65,12 +65,11 @@ def export_graph(
 
 
 def ort_session(path: Path, threads: int = 0) -> Any:
-    """CPU ONNX Runtime session (``threads = 0``: ORT's default thread count)."""
-    import onnxruntime as ort
+    """CPU ONNX Runtime session (``threads = 0``: ORT's default thread count), with the node's settings and
+    ONNX Runtime's telemetry off (:mod:`vpr_ros.core.ort`)."""
+    from vpr_ros.core import ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.session(path, threads=threads)
 
 
 def run_torch(module: nn.Module, images: np.ndarray, chunk: int = 4) -> np.ndarray:

@@ -46,6 +46,7 @@ from torch import nn
 
 from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
 from vpr_ros.core.files import atomic_savez, sha256_file
+from vpr_training.checkpoints import NUMPY_SCALARS, CheckpointError, SafeGlobal, load_checkpoint
 from vpr_training.export.common import ort_session, parity, run_onnx, run_torch
 
 #: torchvision's ImageNet normalisation, which the official ``input_transform`` applies to 0..1 images.
@@ -54,6 +55,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG_DIM = 512
 VGG_STRIDE = 16
 DEFAULT_SIZE = (480, 640)
+
+#: What official checkpoints carry beyond tensors and plain data, the only extra globals their import admits:
+#: numpy scalars (its training code saves ``recalls`` and ``best_score`` as numpy floats) and an argparse
+#: Namespace (checkpoints of NetVLAD code it derives from keep their command-line options as one).
+OFFICIAL_CHECKPOINT_GLOBALS: tuple[SafeGlobal, ...] = (*NUMPY_SCALARS, argparse.Namespace)
 
 
 def vgg16_backbone() -> nn.Sequential:
@@ -95,10 +101,12 @@ def random_checkpoint(path: Path, num_clusters: int, num_pcs: int, seed: int = 0
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The model weights of an official checkpoint, read by :func:`vpr_training.checkpoints.load_checkpoint` with
+    :data:`OFFICIAL_CHECKPOINT_GLOBALS` allowed and nothing else (a crafted file is refused, not run)."""
+    checkpoint = load_checkpoint(path, allow=OFFICIAL_CHECKPOINT_GLOBALS)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or "pool.centroids" not in state:
-        raise ValueError(f"{path}: not a Patch-NetVLAD checkpoint (no state_dict with pool.centroids)")
+        raise CheckpointError(f"{path}: not a Patch-NetVLAD checkpoint (no state_dict with pool.centroids)")
     # Checkpoints saved from nn.DataParallel prefix the sub-module names with "module.".
     return {k.replace(".module.", "."): v for k, v in state.items()}
 

@@ -30,9 +30,9 @@ from vpr_ros.errors import InputError
 
 
 def _providers(device: str) -> list[str]:
-    import onnxruntime as ort
+    from vpr_ros.core.ort import onnxruntime
 
-    available = ort.get_available_providers()
+    available = onnxruntime.get_available_providers()
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda":
@@ -55,7 +55,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, config: EncoderConfig | None = None) -> None:
-        import onnxruntime as ort
+        from vpr_ros.core import ort
 
         self.config = config or EncoderConfig()
         self.model_path = resolve_path(self.config.model, what="encoder model")
@@ -65,16 +65,11 @@ class OnnxEncoder:
             raise InputError(
                 f"{self.model_path}: sha256 {self.sha256[:12]}... does not match its model card "
                 f"({self.card.onnx_sha256[:12]}...): the file was changed or the card is stale")
-        options = ort.SessionOptions()
-        if self.config.threads:
-            options.intra_op_num_threads = self.config.threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between operators: spinning ONNX Runtime threads starve the BLAS threads of the
-        # VLAD / re-ranking stages on small machines and raise the latency.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.model_path), options,
-                                            providers=_providers(self.config.device))
+        self.session = ort.session(self.model_path, _providers(self.config.device), self.config.threads)
         self.providers = self.session.get_providers()
+        # A failed run raises with the whole message; ONNX Runtime's own log line of it would be a second copy.
+        self._run_options = ort.onnxruntime.RunOptions()
+        self._run_options.log_severity_level = 4
         self.head = self._load_head()
 
     def _load_head(self) -> VladHead | None:
@@ -106,7 +101,17 @@ class OnnxEncoder:
         """
         out = []
         bs = self.config.batch_size
-        for start in range(0, len(images), bs):
-            batch = to_network_input(images[start:start + bs], height, width)
-            out.append(self.session.run([self.card.output_name], {self.card.input_name: batch})[0])
+        try:
+            for start in range(0, len(images), bs):
+                batch = to_network_input(images[start:start + bs], height, width)
+                out.append(self.session.run([self.card.output_name], {self.card.input_name: batch},
+                                            self._run_options)[0])
+        except Exception as exc:
+            # numpy raises MemoryError, ONNX Runtime its own Fail ("Failed to allocate memory for requested
+            # buffer"): either way the input size asked for more memory than this machine gives.
+            if not isinstance(exc, MemoryError) and "Failed to allocate memory" not in str(exc):
+                raise
+            raise InputError(f"network input {width}x{height} (batch of {min(bs, len(images))}) needs more memory "
+                             f"than is available: choose a smaller input size (image_width / image_height) or "
+                             f"encoder.batch_size") from None
         return np.concatenate(out, axis=0) if out else np.empty((0, self.card.channels, 0, 0), np.float32)

@@ -60,16 +60,12 @@ def _graph(encoding: str) -> bytes:
 
 
 def _session(encoding: str, threads: int) -> Any:
-    import onnxruntime as ort
+    from vpr_ros.core import ort
 
     key = (encoding, threads)
     with _lock:
         if key not in _sessions:
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            _sessions[key] = ort.InferenceSession(_graph(encoding), options, providers=["CPUExecutionProvider"])
+            _sessions[key] = ort.session(_graph(encoding), threads=threads)
         return _sessions[key]
 
 

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from vpr_ros.config import setting
+from vpr_ros.config import config_from_dict, setting
 from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, make_grids, patch_descriptors
 from vpr_ros.core.patchnetvlad.presets import ENCODINGS, PRESETS, scale_sizes
 from vpr_ros.core.vlad import VladHead
-from vpr_ros.errors import InputError
+from vpr_ros.errors import ConfigError, InputError, MapError
 
 PATCH_STORE_VERSION = 1
 SECTION = "patches"
@@ -127,6 +127,58 @@ class PatchSpec:
                        int(section["dim"]), encoding)
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: malformed '{SECTION}' section ({exc})") from None
+
+
+@dataclass(frozen=True)
+class PatchSection:
+    """The manifest section ``patches`` as :meth:`PatchSpec.section` writes it: every key required."""
+
+    format_version: int = setting(PATCH_STORE_VERSION, "patch store version", choices=(PATCH_STORE_VERSION,))
+    preset: str = setting("speed", "named configuration", choices=tuple(PRESETS))
+    sizes: tuple[int, ...] = setting((), "patch sizes in feature cells", min=1, max=1024)
+    strides: tuple[int, ...] = setting((), "patch strides in feature cells", min=1, max=1024)
+    weights: tuple[float, ...] = setting((), "fusion weight per size", min=0.0, max=1.0)
+    dim: int = setting(1, "patch descriptor dimension", min=1, max=1 << 16)
+    encoding: str = setting("float32", "store encoding", choices=ENCODINGS)
+    feature_hw: tuple[int, ...] = setting((), "feature grid (rows, cols)", min=1, max=8192)
+    pixel_stride: int = setting(16, "network input pixels per feature cell", min=1, max=1024)
+    patches_per_frame: tuple[int, ...] = setting((), "patches per frame and size", min=1)
+    bytes_per_frame: int = setting(1, "stored bytes per frame", min=1)
+    arrays: tuple[str, ...] = setting((), "map arrays holding the patches, one per size")
+
+
+def check_section(section: Any, input_hw: tuple[int, int], where: str) -> PatchSpec:
+    """The spec of a map's ``patches`` section after checking every key's type and range and its agreement with
+    the map's network input ``input_hw``; MapError naming ``where`` (the manifest) and the key."""
+    at = f"{where}: sections.{SECTION}"
+    if not isinstance(section, dict):
+        raise MapError(f"{at}: expected a mapping, got {section!r}")
+    missing = [f for f in PatchSection.__dataclass_fields__ if f not in section]
+    if missing:
+        raise MapError(f"{at}: missing key '{missing[0]}'")
+    try:
+        record = config_from_dict(PatchSection, section, where=f"sections.{SECTION}")
+    except ConfigError as exc:
+        raise MapError(f"{where}: {exc}") from None
+    sizes = len(record.sizes)
+    if not sizes or any(len(v) != sizes for v in (record.strides, record.weights, record.patches_per_frame,
+                                                 record.arrays)):
+        raise MapError(f"{at}: sizes, strides, weights, patches_per_frame and arrays need one entry per patch size")
+    if abs(sum(record.weights) - 1.0) > 1e-6:
+        raise MapError(f"{at}.weights: must sum to 1, got {list(record.weights)}")
+    grid = feature_grid(input_hw, record.pixel_stride)
+    if record.feature_hw != grid:
+        raise MapError(f"{at}.feature_hw: {list(record.feature_hw)} but input_size {list(input_hw)} at pixel_stride "
+                       f"{record.pixel_stride} gives {list(grid)}")
+    try:
+        spec = PatchSpec.from_section(section, where=at)
+    except InputError as exc:
+        raise MapError(str(exc)) from None
+    expected = spec.section()
+    for key in ("patches_per_frame", "bytes_per_frame", "arrays"):
+        if section[key] != expected[key]:
+            raise MapError(f"{at}.{key}: {section[key]} but the sizes, strides and encoding give {expected[key]}")
+    return spec
 
 
 def feature_grid(input_hw: tuple[int, int], pixel_stride: int) -> tuple[int, int]:
