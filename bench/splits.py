@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.core.frames import FrameSource, FrameTable
+from vpr_ros.core.frames import FrameSource
 from vpr_ros.io.images import folder_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,12 +106,7 @@ def segment_source(source: FrameSource, segment: Segment) -> FrameSource:
     """The frames of ``segment``, renumbered 0..n-1 (everything else as in ``source``)."""
     if segment.stop > len(source):
         raise ValueError(f"segment {segment.start}..{segment.stop - 1} runs past the {len(source)} frames")
-    rows = segment.rows
-    frames = source.frames
-    table = FrameTable(ids=np.arange(len(rows)), names=[frames.names[i] for i in rows],
-                       sources=[frames.sources[i] for i in rows], stamps=frames.stamps[rows],
-                       positions=frames.positions[rows], orientations=frames.orientations[rows])
-    return FrameSource(frames=table, load_image=lambda i: source.load_image(int(rows[i])))
+    return source.take(segment.rows, ids=np.arange(len(segment.rows)))
 
 
 NORDLAND = RouteSplit("nordland_part1", DATA / "nordland_part1" / "summer", DATA / "nordland_part1" / "winter",

@@ -50,6 +50,13 @@ class FrameTable:
     def empty(cls) -> FrameTable:
         return cls(np.zeros(0, np.int64), [], [], np.zeros(0), np.zeros((0, 3)), np.zeros((0, 4)))
 
+    def take(self, rows: np.ndarray, ids: np.ndarray | None = None) -> FrameTable:
+        """The frames at ``rows``, in that order, keeping their ids unless new ``ids`` are given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return FrameTable(self.ids[rows] if ids is None else ids, [self.names[i] for i in rows],
+                          [self.sources[i] for i in rows], self.stamps[rows], self.positions[rows],
+                          self.orientations[rows])
+
     @classmethod
     def concatenate(cls, tables: list[FrameTable]) -> FrameTable:
         return cls(np.concatenate([t.ids for t in tables]), [n for t in tables for n in t.names],
@@ -90,3 +97,8 @@ class FrameSource:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def take(self, rows: np.ndarray, ids: np.ndarray | None = None) -> FrameSource:
+        """The frames at ``rows`` (see :meth:`FrameTable.take`), loading their images from this source."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return FrameSource(self.frames.take(rows, ids), lambda i: self.load_image(int(rows[i])))

@@ -348,11 +348,8 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
             return refmap, 0
         rows = np.flatnonzero(fresh)
         start_id = int(refmap.frames.ids.max()) + 1 if len(refmap) else 0
-        f = source.frames
-        frames = FrameTable(ids=start_id + np.arange(len(rows)), names=[f.names[i] for i in rows],
-                            sources=[f.sources[i] for i in rows], stamps=f.stamps[rows],
-                            positions=f.positions[rows], orientations=f.orientations[rows])
-        subset = FrameSource(frames, lambda i: source.load_image(int(rows[i])))
+        subset = source.take(rows, ids=start_id + np.arange(len(rows)))
+        frames = subset.frames
         size = (int(refmap.input_size[0]), int(refmap.input_size[1]))
         extractors = list(extractors)
         if not extractors and PATCH_SECTION in refmap.sections:
