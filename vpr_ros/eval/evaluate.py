@@ -33,7 +33,7 @@ from vpr_ros.core.localizer import Hypothesis, Localizer
 from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.errors import InputError
-from vpr_ros.eval.ground_truth import GroundTruth, GroundTruthRule, resolve_ground_truth
+from vpr_ros.eval.ground_truth import GroundTruth, GroundTruthRule, describe_ground_truth, resolve_ground_truth
 from vpr_ros.eval.metrics import DEFAULT_NS
 from vpr_ros.eval.outputs import write_evaluation
 from vpr_ros.eval.report import SCORE_KINDS, QueryResult, recall_summary, results_precision_recall, summary_line
@@ -169,7 +169,6 @@ def run(refmap: ReferenceMap | str | Path, queries: FrameSource | str | Path,
     gate = LoopClosureGate(dataclasses.replace(settings.loop_closure, exclusion_window=0.0), refmap.frames,
                            localizer.config.confidence_radius)
     rerank = localizer.reranker
-    rule = getattr(ground_truth, "describe", None)
     report_info = {
         "map": str(map_path) if map_path is not None else None, **(info or {}), "encoder": refmap.encoder,
         "providers": localizer.encoder.providers,
@@ -179,7 +178,7 @@ def run(refmap: ReferenceMap | str | Path, queries: FrameSource | str | Path,
             "patches": rerank.spec.describe() if rerank is not None else None}},
         "sequence": {"method": seq.method, "length": seq.length, "search": seq.search},
         "loop_closures": {**gated_loop_closures(hyps, gate, gt), "gate": config_to_dict(settings.loop_closure)},
-        "ground_truth_rule": rule() if rule is not None else {"rule": "given"},
+        "ground_truth_rule": describe_ground_truth(ground_truth),
         "wall_time_s": wall, "frames_per_second": len(results) / wall if wall > 0 else float("nan")}
     curves = {"pipeline": results_precision_recall(results, gt, score_kind)}
     if localizer.sequence is not None:

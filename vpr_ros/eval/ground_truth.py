@@ -225,6 +225,11 @@ class VprBenchFile:
 GroundTruthRule = WithinDistance | WithinIndex | VprBenchFile
 
 
+def describe_ground_truth(rule: GroundTruthRule | GroundTruth | str | Path) -> dict[str, Any]:
+    """How ``rule`` decides correctness, for a report: the rule's own description, else ``{"rule": "given"}``."""
+    return rule.describe() if isinstance(rule, WithinDistance | WithinIndex | VprBenchFile) else {"rule": "given"}
+
+
 def resolve_ground_truth(rule: GroundTruthRule | GroundTruth | str | Path, ref_frames: FrameTable,
                          query_frames: FrameTable) -> GroundTruth:
     """The positives per query that ``rule`` gives for these map and query frames.

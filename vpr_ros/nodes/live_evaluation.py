@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.localizer import ratio_confidence
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.errors import InputError
 from vpr_ros.eval.evaluate import EvalConfig, Report, ref_image_loader
-from vpr_ros.eval.ground_truth import GroundTruth, GroundTruthRule, resolve_ground_truth
+from vpr_ros.eval.ground_truth import GroundTruth, GroundTruthRule, describe_ground_truth, resolve_ground_truth
 from vpr_ros.eval.metrics import recall_at_n
 from vpr_ros.eval.outputs import write_evaluation
 from vpr_ros.eval.report import QueryResult
@@ -43,11 +42,6 @@ class LiveReplayOptions:
     def __post_init__(self) -> None:
         if not self.rate > 0:
             raise InputError(f"replay rate must be positive, got {self.rate}")
-
-
-def subset(frames: FrameTable, rows: np.ndarray) -> FrameTable:
-    return FrameTable(frames.ids[rows], [frames.names[i] for i in rows], [frames.sources[i] for i in rows],
-                      frames.stamps[rows], frames.positions[rows], frames.orientations[rows])
 
 
 def evaluate_live(map_path: Path, queries: BagFrameSource, ground_truth: GroundTruthRule | GroundTruth | str | Path,
@@ -82,15 +76,14 @@ def evaluate_live(map_path: Path, queries: BagFrameSource, ground_truth: GroundT
     live.update({"rate": replay.rate, **{f"recall_all_frames@{n}": v for n, v in recall_all.items()},
                  "note": "recall@N and latency cover the answered frames; recall_all_frames@N counts every "
                          "published frame, unanswered ones as misses"})
-    rule = getattr(ground_truth, "describe", None)
     info = {"mode": f"live: bag replayed to the localize node at {replay.rate:g}x, answers from ~/matches",
             "map": str(map_path), "queries": queries.info, "encoder": refmap.encoder, "live": live,
-            "ground_truth_rule": rule() if rule is not None else {"rule": "given"},
+            "ground_truth_rule": describe_ground_truth(ground_truth),
             "node_diagnostics": run.diagnostics_after,
             "latency_note": "end-to-end: frame published -> ~/matches received, includes DDS transport on loopback"}
     log.info("live replay: %d published, %d answered, node dropped %s, memory growth %.1f MB", live["published"],
              live["answered"], live["node_frames_dropped"], live["node_memory"].get("growth_mb", float("nan")))
-    data = write_evaluation(results, gt, out, refmap.frames, subset(queries.frames, rows), config.recall_ns,
+    data = write_evaluation(results, gt, out, refmap.frames, queries.frames.take(rows), config.recall_ns,
                             info=info, plots=config.plots, load_query=lambda i: queries.load_image(int(rows[i])),
                             load_ref=ref_image_loader(refmap), title=f"{config.title} (live)",
                             latency_title="end-to-end latency through the localize node",
