@@ -124,11 +124,12 @@ def declare_config_parameters(node: Node, cls: type, command_line: Mapping[str, 
         raise ConfigError(f"{unknown[0]}: no such parameter" + (f" (did you mean {close[0]}?)" if close else "")
                           + f"; {node.get_name()} has {len(docs)}, see config/localize.yaml")
     config = config_from_dict(cls, unflatten(values))
-    for name, value in flatten_config(config).items():
-        parameter = Parameter(name, value=list(value) if isinstance(value, tuple) else value)
-        node.set_parameters([parameter])
-        node.set_descriptor(name, ParameterDescriptor(description=descriptions[name], read_only=True,
-                                                      type=parameter.type_.value))
+    parameters = [Parameter(name, value=list(value) if isinstance(value, tuple) else value)
+                  for name, value in flatten_config(config).items()]
+    node.set_parameters(parameters)
+    for parameter in parameters:
+        node.set_descriptor(parameter.name, ParameterDescriptor(description=descriptions[parameter.name],
+                                                                read_only=True, type=parameter.type_.value))
     return config
 
 
