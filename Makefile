@@ -7,14 +7,14 @@
 #   make fuzz     the fuzz suite of `make test` (test/test_fuzz.py) with 20x the cases; same seeds
 #   make models   build the default ONNX encoder (needs torch; done by demo/test when missing)
 #   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
-#   make lint     ruff;  make config  regenerate config/*.yaml from the typed defaults
+#   make lint     ruff;  make config  regenerate ros/vpr_ros/config/*.yaml from the typed defaults
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpr_ros-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt
-DEFAULT_MODEL := models/efficientnet_lite0_b10.onnx
+DEFAULT_MODEL := ros/vpr_ros/models/efficientnet_lite0_b10.onnx
 
 # Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(STAMP)
 
-$(STAMP): $(REQS) setup.py training/pyproject.toml
+$(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -r requirements/training.txt
@@ -34,13 +34,13 @@ $(STAMP): $(REQS) setup.py training/pyproject.toml
 	# wheel; install it without dependencies (its real needs are in requirements/reference.txt).
 	$(PY) -m pip install --quiet -r requirements/reference.txt
 	$(PY) -m pip install --quiet --no-deps patchnetvlad==0.1.8
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e . -e training
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ros/vpr_ros -e training
 	touch $@
 
 models: $(DEFAULT_MODEL)
 
 $(DEFAULT_MODEL): $(STAMP) $(wildcard training/vpr_training/backbones/*.py training/vpr_training/export/*.py)
-	$(PY) -m vpr_training.export.default_encoder --out-dir models
+	$(PY) -m vpr_training.export.default_encoder --out-dir ros/vpr_ros/models
 
 demo: $(STAMP) $(DEFAULT_MODEL)
 	$(PY) -m vpr_ros.tools.demo --out out/demo
@@ -63,7 +63,7 @@ fuzz: $(STAMP) $(DEFAULT_MODEL)
 colcon: $(STAMP)
 	. $(VENV)/bin/activate && colcon build --base-paths . --packages-select vpr_ros --build-base build/colcon \
 		--install-base install
-	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file config/localize.yaml"
+	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file ros/vpr_ros/config/localize.yaml"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vpr_ros"
+PACKAGE = Path(__file__).resolve().parents[1] / "ros" / "vpr_ros" / "vpr_ros"
 ROS_MODULES = ("rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "nav_msgs", "std_srvs", "diagnostic_msgs",
                "rcl_interfaces", "builtin_interfaces", "visualization_msgs", "lifecycle_msgs", "launch", "launch_ros")
 

@@ -10,6 +10,7 @@ import pytest
 from sensor_msgs.msg import Image
 
 from vpr_ros.core.image import load_rgb
+from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.nodes.harness import LocalizeLaunch, NodeStartError, run_localize
 from vpr_ros.nodes.messages import stamp_to_msg
 from vpr_ros.nodes.replay import jpeg_to_compressed_msg, rgb_to_image_msg
@@ -94,7 +95,7 @@ def test_node_executable_runs_with_params_file(repo, corridor_map, default_model
     log = tmp_path / "node.log"
     launch = LocalizeLaunch({"map_path": str(corridor_map), "localizer.encoder.model": str(default_model),
                              "image_transport": "compressed"}, namespace="/exe",
-                            params_file=repo / "config" / "localize.yaml", own_process=True, log_path=log)
+                            params_file=PACKAGE_ROOT / "config" / "localize.yaml", own_process=True, log_path=log)
     with run_localize(launch, client_name="exe_client") as exe:
         for qi in (10, 50, 90):
             jpeg = (corridor / "query" / f"{qi:07d}.jpg").read_bytes()
@@ -107,7 +108,7 @@ def test_node_executable_runs_with_params_file(repo, corridor_map, default_model
 def test_invalid_parameter_exits_with_clear_message(repo, tmp_path):
     log = tmp_path / "node.log"
     launch = LocalizeLaunch({"map_path": "/nowhere", "localizer.top_k": 0}, namespace="/bad",
-                            params_file=repo / "config" / "localize.yaml", own_process=True, log_path=log)
+                            params_file=PACKAGE_ROOT / "config" / "localize.yaml", own_process=True, log_path=log)
     with pytest.raises(NodeStartError, match="exited with code 2"), run_localize(launch, ready_timeout=60):
         pass
     assert "localizer.top_k: 0 is below the minimum 1" in log.read_text()

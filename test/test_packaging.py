@@ -10,9 +10,11 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from vpr_ros.core.paths import PACKAGE_ROOT
+
 
 def test_package_xml_is_format_3_with_runtime_dependencies(repo: Path):
-    root = ET.parse(repo / "package.xml").getroot()
+    root = ET.parse(PACKAGE_ROOT / "package.xml").getroot()
     assert root.get("format") == "3" and root.findtext("name") == "vpr_ros"
     deps = {e.text for e in root.iter("exec_depend")}
     assert {"rclpy", "sensor_msgs", "geometry_msgs", "diagnostic_msgs", "std_srvs", "nav_msgs"} <= deps
@@ -20,7 +22,7 @@ def test_package_xml_is_format_3_with_runtime_dependencies(repo: Path):
 
 
 def test_launch_file_is_a_launch_ros_description(repo: Path):
-    tree = ast.parse((repo / "launch" / "localize.launch.py").read_text())
+    tree = ast.parse((PACKAGE_ROOT / "launch" / "localize.launch.py").read_text())
     names = {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(tree)
              if isinstance(n, (ast.Name, ast.Attribute))}
     assert {"generate_launch_description", "LaunchDescription", "Node"} <= names | {

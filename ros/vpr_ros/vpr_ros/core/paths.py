@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: The ament package directory of a source checkout (``vpr_ros/`` in the repository: package.xml, config/, models/).
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 

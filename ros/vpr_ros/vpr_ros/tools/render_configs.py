@@ -9,6 +9,7 @@ from pathlib import Path
 from vpr_ros.config import render_params_yaml
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.map_builder import BuildMapConfig
+from vpr_ros.core.paths import PACKAGE_ROOT
 
 CONFIG_FILES = {
     "localize.yaml": (LocalizeNodeConfig, "/**", "vpr_ros localize node parameters"),
@@ -22,7 +23,7 @@ def rendered() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dir", type=Path, default=Path("config"))
+    parser.add_argument("--dir", type=Path, default=PACKAGE_ROOT / "config")
     parser.add_argument("--check", action="store_true", help="only compare, exit 1 on difference")
     args = parser.parse_args(argv)
     stale = []
