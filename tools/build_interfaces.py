@@ -71,9 +71,21 @@ def build_environment() -> dict[str, str]:
         env[name] = os.pathsep.join(p for p in (value, env.get(name, "")) if p)
 
     prepend("PATH", str(Path(sys.prefix) / "bin"))
+    # CMake's ament_index lookups (rosidl finds its generators and type supports there) read AMENT_PREFIX_PATH;
+    # colcon warns that the venv has no local_setup.* file, which is true and harmless.
     prepend("AMENT_PREFIX_PATH", sys.prefix)
     prepend("CMAKE_PREFIX_PATH", sys.prefix)
     return env
+
+
+def forget_build_of_another_venv() -> None:
+    """Start from a clean build directory when it was configured for another venv (a recreated or a second
+    one): CMake caches the paths of the interpreter and of every package it found there."""
+    marker = WORK / "venv"
+    if marker.exists() and marker.read_text() != sys.prefix:
+        shutil.rmtree(WORK)
+    WORK.mkdir(parents=True, exist_ok=True)
+    marker.write_text(sys.prefix)
 
 
 def colcon_build() -> Path:
@@ -175,6 +187,7 @@ def main() -> int:
     try:
         check_build_tools()
         patch_rosidl_wheels()
+        forget_build_of_another_venv()
         install = colcon_build()
         wheel = pack_wheel(install, package_version(), WORK / "dist")
     except BuildError as error:
