@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import queue
 import time
 from pathlib import Path
@@ -270,3 +271,25 @@ def test_localize_service_on_a_real_graph(graph, corridor: Path) -> None:
         answer = call(both_or_neither)
         assert not answer.success and answer.message == "set exactly one of image and compressed_image"
         assert not answer.pose_valid and answer.candidates.candidates == []
+
+
+# ---- tools/patch_rosidl_wheels.py ---------------------------------------------------------------------------
+
+def test_patch_rosidl_wheels_replaces_the_builders_include_dirs_once(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("patch_rosidl_wheels", REPO / "tools" / "patch_rosidl_wheels.py")
+    patcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patcher)
+    # The line as the ros-kilted-std-msgs 5.5.1 wheel ships it (share/std_msgs/cmake/...pyExport.cmake, line 62).
+    shipped = ('set_target_properties(std_msgs::std_msgs__rosidl_generator_py PROPERTIES\n'
+               '  INTERFACE_INCLUDE_DIRECTORIES "/opt/python/cp311-cp311/include/python3.11;'
+               '/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include"\n)\n')
+    export = tmp_path / "export_std_msgs__rosidl_generator_pyExport.cmake"
+    export.write_text(shipped)
+    ours = "/venv/include/python3.11;/venv/site-packages/numpy/_core/include"
+    assert patcher.patch_export_file(export, ours)
+    assert export.read_text() == shipped.replace(shipped.split('"')[1], ours)
+    assert not patcher.patch_export_file(export, ours), "a second run must change nothing"
+    apt_installed = tmp_path / "apt.cmake"  # ROS 2 from apt: right as installed, left alone
+    apt_installed.write_text('  INTERFACE_INCLUDE_DIRECTORIES "/usr/include/python3.12"\n')
+    assert not patcher.patch_export_file(apt_installed, ours)
+    assert apt_installed.read_text() == '  INTERFACE_INCLUDE_DIRECTORIES "/usr/include/python3.12"\n'
