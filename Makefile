@@ -6,6 +6,7 @@
 #   make bench    performance suite -> bench/results/*.json (not part of `make test`)
 #   make fuzz     the fuzz suite of `make test` (test/test_fuzz.py) with 20x the cases; same seeds
 #   make models   build the default ONNX encoder (needs torch; done by demo/test when missing)
+#   make interfaces  colcon-build ros/vpr_ros_interfaces/ and install it into the venv (demo/test do it)
 #   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
 #   make lint     ruff;  make config  regenerate ros/vpr_ros/config/*.yaml from the typed defaults
 
@@ -13,7 +14,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpr_ros-installed
-REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt
+REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt \
+	requirements/ros_build.txt
 DEFAULT_MODEL := ros/vpr_ros/models/efficientnet_lite0_b10.onnx
 
 # Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.
@@ -22,14 +24,15 @@ ROS_DOMAIN_ID ?= $(shell $(PYTHON) -c 'import random; print(random.randint(1, 10
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench fuzz models colcon lint config clean venv system-deps
+.PHONY: demo test bench fuzz models interfaces colcon lint config clean venv system-deps
 
 venv: $(STAMP)
 
 $(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -r requirements/training.txt
+	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -r requirements/training.txt \
+		-r requirements/ros_build.txt
 	# The official Patch-NetVLAD (reference for parity tests and benchmarks) pins a 'faiss' that has no
 	# wheel; install it without dependencies (its real needs are in requirements/reference.txt).
 	$(PY) -m pip install --quiet -r requirements/reference.txt
@@ -37,15 +40,25 @@ $(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ros/vpr_ros -e training
 	touch $@
 
+# The message/service package: colcon build + a wheel installed into the venv, so that .venv/bin/python imports
+# vpr_ros_interfaces without a setup file (tools/build_interfaces.py says why). Reruns when its sources change.
+INTERFACES_STAMP := $(VENV)/.vpr_ros_interfaces-installed
+interfaces: $(INTERFACES_STAMP)
+
+$(INTERFACES_STAMP): $(STAMP) $(wildcard ros/vpr_ros_interfaces/* ros/vpr_ros_interfaces/*/*) tools/build_interfaces.py \
+		tools/patch_rosidl_wheels.py
+	$(PY) tools/build_interfaces.py
+	touch $@
+
 models: $(DEFAULT_MODEL)
 
 $(DEFAULT_MODEL): $(STAMP) $(wildcard training/vpr_training/backbones/*.py training/vpr_training/export/*.py)
 	$(PY) -m vpr_training.export.default_encoder --out-dir ros/vpr_ros/models
 
-demo: $(STAMP) $(DEFAULT_MODEL)
+demo: $(STAMP) $(DEFAULT_MODEL) $(INTERFACES_STAMP)
 	$(PY) -m vpr_ros.tools.demo --out out/demo
 
-test: $(STAMP) $(DEFAULT_MODEL) system-deps
+test: $(STAMP) $(DEFAULT_MODEL) $(INTERFACES_STAMP) system-deps
 	$(PY) -m pytest -q
 
 # strace is a system package (not on PyPI): test/test_no_network.py traces the node's sockets with it.
