@@ -74,7 +74,7 @@ fuzz: $(STAMP) $(DEFAULT_MODEL)
 	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
 colcon: $(STAMP)
-	. $(VENV)/bin/activate && colcon build --base-paths . --packages-select vpr_ros --build-base build/colcon \
+	. $(VENV)/bin/activate && colcon build --base-paths ros --build-base build/colcon \
 		--install-base install
 	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file ros/vpr_ros/config/localize.yaml"
 
