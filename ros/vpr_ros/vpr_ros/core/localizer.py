@@ -339,19 +339,21 @@ class Localizer:
         hyp.single = self.hypothesis(candidates.head(top_k), stamp, {}, radius)
         return hyp
 
-    def localize_single_frame(self, image: np.ndarray, stamp: float = 0.0) -> Hypothesis:
+    def localize_single_frame(self, image: np.ndarray, stamp: float = 0.0, top_k: int | None = None) -> Hypothesis:
         """One-shot answer for one RGB uint8 image from retrieval and re-ranking alone (relocalization).
 
         The camera's query sequence is neither read nor changed, so this can answer any image (another
         camera, a photo) between the frames of the live stream. The answer is the single-frame answer of
         :meth:`localize` for the same image: ``hyp.single`` with a sequence method, ``hyp`` itself without.
+        ``top_k`` (default: the configured ``top_k``) caps the candidates returned, at most as many as retrieval
+        and re-ranking produce.
         """
         timer = StageTimer()
         with timer("encode"):
             query = self.encode(image)
         stages = self._stages
         candidates = self._single_frame_candidates(query, stages, timer)
-        return self.hypothesis(candidates.head(stages.config.top_k), stamp, timer.finish(),
+        return self.hypothesis(candidates.head(top_k or stages.config.top_k), stamp, timer.finish(),
                                stages.config.confidence_radius)
 
     def _single_frame_candidates(self, query: QueryFeatures, stages: PipelineStages, timer: StageTimer) -> Candidates:

@@ -27,6 +27,10 @@ Publications (lifecycle publishers: only while active)
     the confidence and the sequence length, best first; stamp = query stamp.
     ``~/loop_closure`` (vpr_ros_interfaces/LoopClosure): gated loop closures, stamp = query stamp (see README
     "Loop closures for SLAM").
+    ``~/debug_image`` (sensor_msgs/Image, rgb8): the query beside its best match with the matched
+    Patch-NetVLAD patches, score and confidence; computed only while someone subscribes.
+    ``~/markers`` (visualization_msgs/MarkerArray): map keyframes (sent on activate and to each new viewer),
+    the current hypothesis and candidates, loop-closure links; built only while someone subscribes.
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray), in every state: lifecycle state, map loads, rate,
     latency percentiles, drops, errors.
 Services
@@ -34,6 +38,9 @@ Services
     while configured (inactive or active). If that fails, the map loaded before stays in use and
     /diagnostics reports WARN with the map path and the error until a reload succeeds.
     ``~/reset`` (std_srvs/Trigger): forget the sequence buffer and the loop-closure history.
+    ``~/localize`` (vpr_ros_interfaces/Localize): one-shot relocalization of one image (raw or compressed)
+    with retrieval and re-ranking alone; the live sequence and loop-closure state are not touched. Answers
+    while configured (inactive or active).
     The standard lifecycle (``~/change_state``, ``~/get_state``, ...) and parameter services.
 
 The image callback only hands the message to a latest-only slot; a worker thread decodes, localizes and
@@ -45,6 +52,7 @@ unsupported encodings) is logged, counted and reported on /diagnostics; the node
 from __future__ import annotations
 
 import difflib
+import functools
 import sys
 import threading
 import time
@@ -52,6 +60,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -66,14 +75,19 @@ from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidates
+from vpr_ros_interfaces.srv import Localize
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, flatten_config, unflatten
+from vpr_ros.core.debug_image import render_hypothesis
 from vpr_ros.core.localize_config import LocalizeNodeConfig
-from vpr_ros.core.localizer import Localizer
+from vpr_ros.core.localizer import Hypothesis, Localizer
 from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.sequence_buffer import OdometryTrack
+from vpr_ros.io.bags import load_frame_source
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.nodes.markers import LoopClosureLinks, MarkerStyle, delete_all_markers, frame_markers, keyframes_marker
 from vpr_ros.nodes.messages import (
     hypothesis_to_candidates,
     hypothesis_to_pose,
@@ -81,6 +95,7 @@ from vpr_ros.nodes.messages import (
     loop_closure_to_msg,
     stamp_from_msg,
 )
+from vpr_ros.nodes.replay import rgb_to_image_msg
 from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats
 
 
@@ -180,6 +195,12 @@ def declare_config_parameters(node: Node, cls: type, command_line: Mapping[str, 
     return config
 
 
+def reference_loader(sources: Sequence[str], cached: int = 8) -> Callable[[int], np.ndarray | None]:
+    """Map row -> its image for the debug image (from the image file or bag the map was built from; None when it
+    is gone), keeping the last few: consecutive frames mostly show the same map frames."""
+    return functools.lru_cache(maxsize=cached)(lambda row: load_frame_source(sources[row]))
+
+
 @dataclass(frozen=True)
 class NodeOutputs:
     """The node's lifecycle publishers: created at configure, publishing while active, destroyed at cleanup."""
@@ -188,9 +209,11 @@ class NodeOutputs:
     candidates: LifecyclePublisher[PoseArray]
     matches: LifecyclePublisher[PlaceCandidates]
     loop_closure: LifecyclePublisher[LoopClosure]
+    debug_image: LifecyclePublisher[Image]
+    markers: LifecyclePublisher[MarkerArray]
 
     def all(self) -> tuple[LifecyclePublisher[Any], ...]:
-        return self.pose, self.candidates, self.matches, self.loop_closure
+        return self.pose, self.candidates, self.matches, self.loop_closure, self.debug_image, self.markers
 
 
 class LocalizeNode(LifecycleNode):
@@ -223,14 +246,20 @@ class LocalizeNode(LifecycleNode):
         self.frame_id = "map"
         self.odometry = OdometryTrack(timeout=self.config.localizer.sequence.odometry_timeout)
         self.loop_closures = 0
+        self.debug_images = 0
         self.lifecycle_state = "unconfigured"  # the primary state, as the lifecycle services report it
         self._active = False
         self._outputs: NodeOutputs | None = None
         self._inputs: list[Subscription[Any]] = []
+        self.links = LoopClosureLinks()
+        self._marker_style = MarkerStyle()
+        self._marker_subscribers = 0  # ~/markers subscribers when the map's keyframes were last published
+        self._load_reference: Callable[[int], np.ndarray | None] = lambda row: None
 
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # reports in every state
         self.create_service(Trigger, "~/reload_map", self._on_reload)
         self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_service(Localize, "~/localize", self._on_localize)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics)
         self.add_pre_set_parameters_callback(self._numbers_as_declared)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -249,7 +278,9 @@ class LocalizeNode(LifecycleNode):
             pose=self.create_lifecycle_publisher(PoseWithCovarianceStamped, "~/pose", 10),
             candidates=self.create_lifecycle_publisher(PoseArray, "~/candidates", 10),
             matches=self.create_lifecycle_publisher(PlaceCandidates, "~/matches", 10),
-            loop_closure=self.create_lifecycle_publisher(LoopClosure, "~/loop_closure", 10))
+            loop_closure=self.create_lifecycle_publisher(LoopClosure, "~/loop_closure", 10),
+            debug_image=self.create_lifecycle_publisher(Image, "~/debug_image", 2),
+            markers=self.create_lifecycle_publisher(MarkerArray, "~/markers", 10))
         return self._entered(super().on_configure(state), "inactive")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -264,6 +295,7 @@ class LocalizeNode(LifecycleNode):
         result = super().on_activate(state)  # enables the lifecycle publishers
         with self._frame_lock:
             self._active = True
+        self._marker_subscribers = 0  # the next diagnostics tick publishes the map's keyframes
         return self._entered(result, "active")
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -331,6 +363,10 @@ class LocalizeNode(LifecycleNode):
             self.localizer = localizer
             self.gate = self._make_gate(config, localizer)
             self.frame_id = localizer.refmap.frame_id
+            self._marker_style = MarkerStyle.for_map(localizer.refmap.frames.positions)
+            self._load_reference = reference_loader(localizer.refmap.frames.sources)
+            self._marker_subscribers = 0
+            self.links.reset()
             self.map_error = ""
             self.map_loads += 1
         self.get_logger().info(
@@ -363,6 +399,11 @@ class LocalizeNode(LifecycleNode):
             localizer.reset_sequence()
         if gate is not None:
             gate.reset()
+        self.links.reset()
+        outputs = self._outputs
+        if outputs is not None and outputs.markers.is_activated:
+            outputs.markers.publish(delete_all_markers(self.frame_id))
+            self._marker_subscribers = 0
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._reset_history()
@@ -455,8 +496,9 @@ class LocalizeNode(LifecycleNode):
             self.get_logger().warning(f"bad image: {exc}", throttle_duration_sec=5.0)
             return
         stamp = stamp_from_msg(msg.header.stamp)
+        want_debug_image = outputs.debug_image.get_subscription_count() > 0  # computed only for someone watching
         try:
-            hyp = localizer.localize(rgb, stamp, self.odometry.travelled_at(stamp))
+            hyp = localizer.localize(rgb, stamp, self.odometry.travelled_at(stamp), explain=want_debug_image)
         except Exception as exc:
             self.stats.on_error("pipeline", f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"localization failed: {exc}", throttle_duration_sec=5.0)
@@ -473,7 +515,77 @@ class LocalizeNode(LifecycleNode):
         if closure is not None:
             outputs.loop_closure.publish(loop_closure_to_msg(closure, self.frame_id, msg.header.frame_id))
             self.loop_closures += 1
+            self.links.add(hyp, closure)
         self.stats.on_processed((time.perf_counter() - received_at) * 1e3, hyp.timings_ms)
+        if want_debug_image:
+            self._publish_debug_image(outputs, rgb, hyp, localizer, msg.header.stamp)
+        if outputs.markers.get_subscription_count() > 0:
+            outputs.markers.publish(frame_markers(hyp, self.frame_id, self.links, self._marker_style))
+
+    def _publish_debug_image(self, outputs: NodeOutputs, rgb: np.ndarray, hyp: Hypothesis, localizer: Localizer,
+                             stamp: Any) -> None:
+        """Query beside its best match with the matched patches (after the answer went out: not in its latency)."""
+        try:
+            canvas = render_hypothesis(rgb, hyp, localizer.refmap.frames, self._load_reference)
+        except Exception as exc:  # a reference image that cannot be read must not stop localization
+            self.stats.on_error("debug_image", f"{type(exc).__name__}: {exc}")
+            return
+        image = rgb_to_image_msg(canvas, stamp_from_msg(stamp), frame_id=self.frame_id)
+        outputs.debug_image.publish(image)
+        self.debug_images += 1
+
+    def _publish_keyframes_if_new_subscribers(self) -> None:
+        """The map's keyframes marker is large and static: sent on activate and when a new viewer subscribes."""
+        outputs, localizer = self._outputs, self.localizer
+        if outputs is None or localizer is None or not outputs.markers.is_activated:
+            return
+        subscribers = outputs.markers.get_subscription_count()
+        if subscribers > self._marker_subscribers:
+            marker = keyframes_marker(localizer.refmap.frames.positions, self.frame_id, self._marker_style)
+            outputs.markers.publish(MarkerArray(markers=[marker]))
+        self._marker_subscribers = subscribers
+
+    # ---- one-shot relocalization -----------------------------------------------------------------
+    def _on_localize(self, request: Localize.Request, response: Localize.Response) -> Localize.Response:
+        """Answer one image with retrieval and re-ranking alone; the live sequence and loop closures are untouched."""
+        with self._pipeline_lock:
+            localizer, config = self.localizer, self.config
+        if localizer is None:
+            response.success = False
+            response.message = (f"the node is {self.lifecycle_state}: no map loaded"
+                                + (f" ({self.map_error})" if self.map_error else "") + "; configure loads it")
+            return response
+        has_raw, has_compressed = len(request.image.data) > 0, len(request.compressed_image.data) > 0
+        if has_raw == has_compressed:
+            response.success = False
+            response.message = ("set exactly one of image and compressed_image (got "
+                                + ("both" if has_raw else "neither") + ")")
+            return response
+        try:
+            msg = request.image if has_raw else request.compressed_image
+            rgb = image_msg_to_rgb(msg, config.max_pixels) if has_raw else \
+                compressed_msg_to_rgb(msg, config.max_pixels)
+        except ImageDecodeError as exc:
+            response.success = False
+            response.message = f"bad image: {exc}"
+            return response
+        stamp = stamp_from_msg(msg.header.stamp)
+        try:
+            hyp = localizer.localize_single_frame(rgb, stamp, top_k=int(request.top_k) or None)
+        except Exception as exc:
+            response.success = False
+            response.message = f"localization failed: {type(exc).__name__}: {exc}"
+            return response
+        response.candidates = hypothesis_to_candidates(hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices],
+                                                       localizer.reranker is not None)
+        pose = hypothesis_to_pose(hyp, self.frame_id, config.position_sigma_min, config.position_sigma_max,
+                                  config.yaw_sigma_deg)
+        response.pose_valid = pose is not None
+        if pose is not None:
+            response.pose = pose
+        response.success = True
+        response.message = f"{len(hyp.indices)} candidates, confidence {hyp.confidence:.3f}"
+        return response
 
     # ---- diagnostics -----------------------------------------------------------------------------
     def diagnostic_status(self) -> DiagnosticStatus:
@@ -502,7 +614,7 @@ class LocalizeNode(LifecycleNode):
                   **{k: round(v, 3) for k, v in s.latency_percentiles().items()},
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
                   "map_path": self.config.map_path, "map_error": self.map_error, "last_error": s.last_error,
-                  "loop_closures": self.loop_closures}
+                  "loop_closures": self.loop_closures, "debug_images": self.debug_images}
         sequence = localizer.sequence if localizer is not None else None
         if sequence is not None:
             values.update(sequence_method=sequence.config.method, sequence_buffered=len(sequence.buffer),
@@ -513,6 +625,7 @@ class LocalizeNode(LifecycleNode):
                                 values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
 
     def _publish_diagnostics(self) -> None:
+        self._publish_keyframes_if_new_subscribers()
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [self.diagnostic_status()]
