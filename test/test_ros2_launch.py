@@ -1,11 +1,12 @@
 """`ros2 launch` and `ros2 run` of the colcon-installed package, as a ROS user starts them.
 
-A session fixture colcon-builds every ROS package under ``ros/`` into a temporary workspace; each command then
-runs through ``bash -c "source <install>/setup.bash && ..."``, so it sees only what that ``setup.bash`` adds to
-the environment. ``ros2`` and ``colcon`` are found on PATH with this interpreter's directory appended at the
-END: a system ROS 2 (sourced ``/opt/ros/<distro>/setup.bash``) wins where there is one; in the project's venv
-they are the launch/CLI wheels of requirements/ros_launch.txt (``make venv`` installs them). Nothing here names
-a venv path, so the same file runs unchanged on a machine with ROS 2 from apt::
+A session fixture colcon-builds every ROS package under ``ros/`` (vpr_ros and vpr_ros_interfaces) into a
+temporary workspace; each command then runs through ``bash -c "source <install>/setup.bash && ..."``, so it sees
+what that ``setup.bash`` sets on top of the ROS 2 installation. Which installation: a system ROS 2 where one is
+on PATH (a sourced ``/opt/ros/<distro>/setup.bash``; this interpreter's directory is then appended to PATH, last);
+otherwise this interpreter's environment, which the ros-kilted-* wheels and the launch/CLI wheels of
+requirements/ros_launch.txt (``make venv``) make one (see ``ros2_environment``). Nothing here names a venv path,
+so the same file runs unchanged on a machine with ROS 2 from apt::
 
     source /opt/ros/kilted/setup.bash
     rosdep install --from-paths ros --ignore-src -y   # the packages' keys, pytest and psutil included
@@ -14,9 +15,11 @@ a venv path, so the same file runs unchanged on a machine with ROS 2 from apt::
 
 with the default encoder in ros/vpr_ros/models/ (``make models`` builds it). The test runs ``colcon build``
 itself, into a temporary workspace (the equivalent of ``colcon build --base-paths ros``); a workspace of your own
-is neither used nor touched. Checked by hand: ``ros2 launch`` and ``ros2 run`` need nothing beyond what
-``setup.bash`` sets (PATH, AMENT_PREFIX_PATH, PYTHONPATH) plus the interpreter's directory on PATH: the test
-passes under ``env -i HOME=$HOME PATH=/usr/bin:/bin ROS_DOMAIN_ID=<n> <venv>/bin/python -m pytest ...``.
+is neither used nor touched. Checked by hand: colcon, ``ros2 launch`` and ``ros2 run`` need nothing beyond what
+``setup.bash`` sets (PATH, AMENT_PREFIX_PATH, PYTHONPATH, LD_LIBRARY_PATH) on top of the ROS 2 installation: the
+test passes under ``env -i HOME=$HOME PATH=/usr/bin:/bin ROS_DOMAIN_ID=<n> <venv>/bin/python -m pytest ...``, with
+the venv activated, and with a stand-in for a sourced system ROS 2 (a ``ros2`` outside the venv first on PATH,
+AMENT_PREFIX_PATH and CMAKE_PREFIX_PATH set, the interpreter's directory last).
 
 The localization test only relies on the node's topics (image in, ``/localize/pose`` out): the launch file may
 start the node as a plain node or as a lifecycle node that it autostarts (configure + activate).
@@ -27,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,10 +68,24 @@ SHUTDOWN_TIMEOUT = 60.0  # ros2 launch itself escalates SIGINT -> SIGTERM -> SIG
 
 
 def ros2_environment(log_dir: Path) -> dict[str, str]:
-    """This process's environment (ROS_DOMAIN_ID and loopback discovery from conftest, a sourced system ROS 2
-    if any) with this interpreter's directory appended to PATH, and ROS logs under ``log_dir``."""
+    """This process's environment (ROS_DOMAIN_ID and loopback discovery from conftest, a sourced system ROS 2 if
+    any) for colcon, ``ros2 launch`` and ``ros2 run``, with ROS logs under ``log_dir``.
+
+    With a ROS 2 on PATH (a sourced /opt/ros/<distro>/setup.bash) its tools win and this interpreter's directory
+    only comes last. Without one, this interpreter's environment is the ROS 2 install: the ros-kilted-* wheels lay
+    its prefix out as an ament prefix (share/ament_index, share/<pkg>/cmake) and requirements/ros_launch.txt adds
+    ``ros2``; so its bin/ goes first (colcon then builds the interface package with its python3 and cmake, as
+    tools/build_interfaces.py does) and its prefix on AMENT_PREFIX_PATH and CMAKE_PREFIX_PATH.
+    """
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([env.get("PATH", ""), str(Path(sys.executable).parent)])
+    interpreter_bin = str(Path(sys.executable).parent)
+    ros2 = shutil.which("ros2", path=env.get("PATH", ""))
+    if ros2 is not None and Path(ros2).parent != Path(interpreter_bin):  # not the one of an activated venv
+        env["PATH"] = os.pathsep.join([env.get("PATH", ""), interpreter_bin])
+    else:
+        env["PATH"] = os.pathsep.join([interpreter_bin, env.get("PATH", "")])
+        for name in ("AMENT_PREFIX_PATH", "CMAKE_PREFIX_PATH"):
+            env[name] = os.pathsep.join(p for p in (sys.prefix, env.get(name, "")) if p)
     env["ROS_LOG_DIR"] = str(log_dir)
     return env
 
@@ -98,7 +116,9 @@ def ros_workspace(tmp_path_factory: pytest.TempPathFactory, repo: Path, default_
     base = tmp_path_factory.mktemp("colcon")
     env = ros2_environment(base / "ros_log")
     command = ["colcon", "--log-base", str(base / "log"), "build", "--base-paths", str(repo / "ros"),
-               "--build-base", str(base / "build"), "--install-base", str(base / "install")]
+               "--build-base", str(base / "build"), "--install-base", str(base / "install"),
+               # CMake packages (vpr_ros_interfaces): for the interpreter that runs the tests; no linter tests
+               "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"]
     out = subprocess.run(command, cwd=base, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, f"colcon build failed:\n{out.stdout}\n{out.stderr}"
     return base / "install"
