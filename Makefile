@@ -7,7 +7,7 @@
 #   make fuzz     the fuzz suite of `make test` (test/test_fuzz.py) with 20x the cases; same seeds
 #   make models   build the default ONNX encoder (needs torch; done by demo/test when missing)
 #   make interfaces  colcon-build ros/vpr_ros_interfaces/ and install it into the venv (demo/test do it)
-#   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
+#   make colcon   colcon-build both ROS packages of ros/ into install/ (ros2 launch / ros2 run vpr_ros ...)
 #   make lint     ruff;  make config  regenerate ros/vpr_ros/config/*.yaml from the typed defaults
 
 PYTHON ?= python3
@@ -75,10 +75,13 @@ bench: $(STAMP) $(DEFAULT_MODEL)
 fuzz: $(STAMP) $(DEFAULT_MODEL)
 	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
-colcon: $(STAMP)
-	. $(VENV)/bin/activate && colcon build --base-paths ros --build-base build/colcon \
-		--install-base install
-	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file ros/vpr_ros/config/localize.yaml"
+# Both ROS packages (vpr_ros, vpr_ros_interfaces) into install/, as `colcon build` does in a ROS 2 workspace; in
+# the venv the ROS build tools are its ament/rosidl wheels (patched by `make interfaces`), hence the prefixes.
+colcon: $(INTERFACES_STAMP)
+	. $(VENV)/bin/activate && AMENT_PREFIX_PATH=$$VIRTUAL_ENV CMAKE_PREFIX_PATH=$$VIRTUAL_ENV \
+		colcon build --base-paths ros --build-base build/colcon --install-base install \
+		--cmake-args -DPython3_EXECUTABLE=$$VIRTUAL_ENV/bin/python -DBUILD_TESTING=OFF
+	@echo "now: source install/setup.bash && ros2 launch vpr_ros localize.launch.py map_path:=<map directory>"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
