@@ -234,6 +234,24 @@ def test_ros2_launch_localizes_corridor_queries_and_stops_on_sigint(
     assert "process has finished cleanly" in launched.output()
 
 
+def test_colcon_install_holds_executables_launch_file_configs_and_interfaces(ros_workspace: Path, tmp_path: Path):
+    lib = ros_workspace / "vpr_ros" / "lib" / "vpr_ros"
+    assert {p.name for p in lib.iterdir()} >= {"build_map", "localize", "evaluate", "vpr_convert"}
+    share = ros_workspace / "vpr_ros" / "share" / "vpr_ros"
+    for name in ("launch/localize.launch.py", "config/localize.yaml", "config/build_map.yaml", "config/vpr_ros.rviz",
+                 "models/efficientnet_lite0_b10.onnx", "models/efficientnet_lite0_b10.yaml"):
+        assert (share / name).is_file(), f"{name} not installed"
+    interfaces = ros_workspace / "vpr_ros_interfaces" / "share" / "vpr_ros_interfaces"
+    assert {p.name for p in (interfaces / "msg").glob("*.msg")} >= {"PlaceCandidate.msg", "PlaceCandidates.msg",
+                                                                    "LoopClosure.msg"}
+    assert (interfaces / "srv" / "Localize.srv").is_file()
+    # After sourcing setup.bash, `ros2 run vpr_ros build_map` runs this file with the interpreter colcon used.
+    out = subprocess.run(sourced(ros_workspace, [str(lib / "build_map"), "--help"]),
+                         env=ros2_environment(tmp_path / "ros_log"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Build a vpr_ros reference map" in out.stdout and "examples:" in out.stdout
+
+
 def test_ros2_run_build_map(ros_workspace: Path, corridor: Path, encoder, tmp_path: Path):
     env = ros2_environment(tmp_path / "ros_log")
     out_map = tmp_path / "maps" / "corridor"
