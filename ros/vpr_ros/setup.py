@@ -10,6 +10,8 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=["vpr_ros", "vpr_ros.*"]),
+    # The Patch-NetVLAD matching graphs, read with importlib.resources (vpr_ros/core/patchnetvlad/matching.py).
+    package_data={"vpr_ros.core.patchnetvlad": ["graphs/*.onnx"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
