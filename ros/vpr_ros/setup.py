@@ -17,7 +17,8 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
-        ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx")),
+        # The default encoder, its model card and its licence (models/LICENSE.*).
+        ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx") + glob("models/LICENSE.*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
