@@ -7,6 +7,7 @@
 #   make fuzz     the fuzz suite of `make test` (test/test_fuzz.py) with 20x the cases; same seeds
 #   make models   rebuild the default ONNX encoder that ships in ros/vpr_ros/models (needs torch; always runs,
 #                 leaves model and card untouched when the export reproduces them; demo/test never rebuild it)
+#   make interfaces  colcon-build ros/vpr_ros_interfaces/ and install it into the venv (demo/test do it)
 #   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
 #   make lint     ruff;  make config  regenerate ros/vpr_ros/config/*.yaml from the typed defaults
 
@@ -14,7 +15,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpr_ros-installed
-REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt
+REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt \
+	requirements/ros_build.txt
 DEFAULT_MODEL := ros/vpr_ros/models/efficientnet_lite0_b10.onnx
 
 # Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.
@@ -23,14 +25,15 @@ ROS_DOMAIN_ID ?= $(shell $(PYTHON) -c 'import random; print(random.randint(1, 10
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench fuzz models colcon lint config clean venv system-deps
+.PHONY: demo test bench fuzz models interfaces colcon lint config clean venv system-deps
 
 venv: $(STAMP)
 
 $(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -r requirements/training.txt
+	$(PY) -m pip install --quiet -r requirements/runtime.txt -r requirements/dev.txt -r requirements/training.txt \
+		-r requirements/ros_build.txt
 	# The official Patch-NetVLAD (reference for parity tests and benchmarks) pins a 'faiss' that has no
 	# wheel; install it without dependencies (its real needs are in requirements/reference.txt).
 	$(PY) -m pip install --quiet -r requirements/reference.txt
@@ -38,15 +41,25 @@ $(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ros/vpr_ros -e training
 	touch $@
 
+# The message/service package: colcon build + a wheel installed into the venv, so that .venv/bin/python imports
+# vpr_ros_interfaces without a setup file (tools/build_interfaces.py says why). Reruns when its sources change.
+INTERFACES_STAMP := $(VENV)/.vpr_ros_interfaces-installed
+interfaces: $(INTERFACES_STAMP)
+
+$(INTERFACES_STAMP): $(STAMP) $(wildcard ros/vpr_ros_interfaces/* ros/vpr_ros_interfaces/*/*) tools/build_interfaces.py \
+		tools/patch_rosidl_wheels.py
+	$(PY) tools/build_interfaces.py
+	touch $@
+
 # The default model is a tracked file: demo, test and bench use it as shipped (on a fresh clone the mtimes of
 # the .py files say nothing, and a machine without torch must never be asked to rebuild it).
 models: $(STAMP)
 	$(PY) -m vpr_training.export.default_encoder --out-dir $(dir $(DEFAULT_MODEL))
 
-demo: $(STAMP)
+demo: $(STAMP) $(INTERFACES_STAMP)
 	$(PY) -m vpr_ros.tools.demo --out out/demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(INTERFACES_STAMP) system-deps
 	$(PY) -m pytest -q
 
 # strace is a system package (not on PyPI): test/test_no_network.py traces the node's sockets with it.
@@ -62,7 +75,7 @@ fuzz: $(STAMP)
 	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
 colcon: $(STAMP)
-	. $(VENV)/bin/activate && colcon build --base-paths . --packages-select vpr_ros --build-base build/colcon \
+	. $(VENV)/bin/activate && colcon build --base-paths ros --build-base build/colcon \
 		--install-base install
 	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file ros/vpr_ros/config/localize.yaml"
 

@@ -45,6 +45,7 @@ def test_colcon_build_installs_console_scripts(repo: Path, tmp_path: Path):
     assert {p.name for p in lib.iterdir()} >= {"build_map", "localize", "evaluate", "vpr_convert"}
     share = tmp_path / "install" / "vpr_ros" / "share" / "vpr_ros"
     assert (share / "launch" / "localize.launch.py").exists() and (share / "config" / "localize.yaml").exists()
+    assert (share / "config" / "vpr_ros.rviz").exists()
     # After sourcing setup.bash, `ros2 run vpr_ros build_map` runs this file with the venv's interpreter.
     script = f". {tmp_path / 'install' / 'setup.bash'} && {lib / 'build_map'} --help"
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -16,7 +16,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
         # The default encoder, its model card and its licence (models/LICENSE.*).
         ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx") + glob("models/LICENSE.*")),
     ],

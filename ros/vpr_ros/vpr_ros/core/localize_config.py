@@ -21,7 +21,7 @@ class LocalizeNodeConfig:
                                    choices=("raw", "compressed"))
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "largest image (width x height) the node decodes; larger ones are "
                               "refused from their header before decoding (decompression bombs)", min=1)
-    publish_candidates: bool = setting(True, "publish ~/candidates (PoseArray) and ~/matches (PointCloud2)")
+    publish_candidates: bool = setting(True, "publish ~/candidates (PoseArray) and ~/matches (PlaceCandidates)")
     diagnostics_period: float = setting(1.0, "seconds between /diagnostics messages", min=0.05)
     position_sigma_min: float = setting(
         1.0, "pose standard deviation (map units) reported at confidence 1", min=0.0)

@@ -24,7 +24,7 @@ import numpy as np
 
 from vpr_ros.config import section, setting
 from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
-from vpr_ros.core.patchnetvlad.rerank import RerankConfig, Reranker, resolve_method
+from vpr_ros.core.patchnetvlad.rerank import PatchCorrespondences, RerankConfig, Reranker, resolve_method
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.core.vlad import global_descriptors
@@ -84,7 +84,8 @@ class Hypothesis:
     the cosine similarity, or the fused Patch-NetVLAD score in [0, 1] when candidates were re-ranked. With a sequence
     method, ``scores`` are sequence scores, ``sequence_frames`` says how many frames the answer rests on
     (``sequence_complete`` once the buffer is full) and ``single`` is the single-frame answer of the same
-    frame, for comparison.
+    frame, for comparison. ``explanation`` holds the patch pairs matched with the best candidate, only when
+    asked for (``localize(..., explain=True)``, for debug views) and the map stores patches.
     """
 
     stamp: float
@@ -98,6 +99,7 @@ class Hypothesis:
     sequence_frames: int = 1
     sequence_complete: bool = True
     single: Hypothesis | None = None
+    explanation: PatchCorrespondences | None = None
 
     @property
     def best_index(self) -> int:
@@ -224,18 +226,29 @@ class Localizer:
                           timings_ms=timings)
 
     # ---- end to end ------------------------------------------------------------------------------
-    def localize(self, image: np.ndarray, stamp: float = 0.0, travelled: float | None = None) -> Hypothesis:
+    def localize(self, image: np.ndarray, stamp: float = 0.0, travelled: float | None = None,
+                 explain: bool = False) -> Hypothesis:
         """Full pipeline for one RGB uint8 image, with per-stage wall times in ``timings_ms``.
 
         Args:
             image: RGB uint8 (H, W, 3).
             stamp: capture time in seconds (the sequence stage spaces frames by it).
             travelled: odometry path length at ``stamp`` in metres, if known (spaces frames by distance).
+            explain: also match the patches of the best candidate for a debug view (``Hypothesis.explanation``,
+                not part of ``timings_ms``); costs one more patch extraction and match.
         """
         timer = StageTimer()
         with timer("encode"):
             query = self.encode(image)
-        return self.localize_features(query, stamp, travelled, timer)
+        hyp = self.localize_features(query, stamp, travelled, timer)
+        if explain and len(hyp.indices):
+            hyp.explanation = self.explain(query, hyp.best_index)
+        return hyp
+
+    def explain(self, query: QueryFeatures, row: int) -> PatchCorrespondences | None:
+        """The mutual patch pairs of ``query`` and map row ``row`` (:meth:`Reranker.explain`); None when the
+        localizer does not re-rank (no patches to match)."""
+        return self.reranker.explain(query.features, row) if self.reranker is not None else None
 
     def localize_features(self, query: QueryFeatures, stamp: float = 0.0, travelled: float | None = None,
                           timer: StageTimer | None = None) -> Hypothesis:

@@ -59,6 +59,9 @@ class LoopClosureConfig:
 class LoopClosure:
     """A gated match: the query frame's stamp, the map frame it closes a loop with, and how sure we are.
 
+    ``score`` is the matched candidate's score (sequence, re-rank or cosine); ``confidence`` the ratio test in
+    [0, 1] among the candidates outside the exclusion window; ``min_score`` gates one of them (config ``score``).
+
     Shape:
         position: (3,) map frame position (NaN if unknown); orientation: (4,) quaternion x y z w.
     """
@@ -71,6 +74,7 @@ class LoopClosure:
     orientation: np.ndarray
     score: float
     consecutive: int
+    confidence: float
 
 
 class LoopClosureGate:
@@ -100,8 +104,9 @@ class LoopClosureGate:
         self.consecutive = 0
         self._previous = None
 
-    def candidate(self, hyp: Hypothesis) -> tuple[int, float] | None:
-        """Position in ``hyp`` of the best candidate outside the exclusion window, and its gated score."""
+    def candidate(self, hyp: Hypothesis) -> tuple[int, float, float] | None:
+        """Position in ``hyp`` of the best candidate outside the exclusion window, its score, and the ratio-test
+        confidence among the candidates outside the window."""
         if len(hyp.indices) == 0:
             return None
         ref_stamps = self.frames.stamps[hyp.indices]
@@ -109,10 +114,9 @@ class LoopClosureGate:
         if not allowed.any():
             return None
         first = int(np.argmax(allowed))
-        if self.config.score == "score":
-            return first, float(hyp.scores[first])
         keep = np.flatnonzero(allowed)
-        return first, ratio_confidence(hyp.scores[keep], hyp.positions[keep], self.confidence_radius)
+        confidence = ratio_confidence(hyp.scores[keep], hyp.positions[keep], self.confidence_radius)
+        return first, float(hyp.scores[first]), confidence
 
     def _consistent(self, row: int, position: np.ndarray) -> bool:
         if self._previous is None:
@@ -132,8 +136,9 @@ class LoopClosureGate:
         if picked is None or (self.config.require_full_sequence and not hyp.sequence_complete):
             self._forget()
             return None
-        first, score = picked
-        if not score >= self.config.min_score:  # NaN scores fail too
+        first, score, confidence = picked
+        gated = score if self.config.score == "score" else confidence
+        if not gated >= self.config.min_score:  # NaN scores fail too
             self._forget()
             return None
         row = int(hyp.indices[first])
@@ -145,4 +150,4 @@ class LoopClosureGate:
         return LoopClosure(stamp=hyp.stamp, row=row, ref_id=int(hyp.ids[first]),
                            ref_stamp=float(self.frames.stamps[row]), position=position,
                            orientation=np.asarray(hyp.orientations[first], dtype=np.float64), score=score,
-                           consecutive=self.consecutive)
+                           consecutive=self.consecutive, confidence=confidence)

@@ -7,9 +7,10 @@ Publications
     ``~/pose`` (geometry_msgs/PoseWithCovarianceStamped): best reference pose, stamp = query stamp,
     frame = map frame, covariance from the hypothesis confidence.
     ``~/candidates`` (geometry_msgs/PoseArray): top-k reference poses, best first.
-    ``~/matches`` (sensor_msgs/PointCloud2): top-k as typed rows x y z qx qy qz qw score ref_id.
-    ``~/loop_closure`` (sensor_msgs/PointCloud2): gated loop closures, one typed point per message
-    (x y z qx qy qz qw ref_stamp score ref_id), stamp = query stamp (see README "Loop closures for SLAM").
+    ``~/matches`` (vpr_ros_interfaces/PlaceCandidates): the top-k map frames with ids, stamps, poses, scores,
+    the confidence and the sequence length, best first; stamp = query stamp.
+    ``~/loop_closure`` (vpr_ros_interfaces/LoopClosure): gated loop closures, stamp = query stamp (see README
+    "Loop closures for SLAM").
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray): rate, latency percentiles, drops, errors.
 Services
     ``~/reload_map`` (std_srvs/Trigger): load the map (and encoder) again, e.g. after rebuilding it.
@@ -43,8 +44,9 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
+from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidates
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, flatten_config, unflatten
 from vpr_ros.core.localize_config import LocalizeNodeConfig
@@ -53,7 +55,7 @@ from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
 from vpr_ros.nodes.messages import (
-    hypothesis_to_matches,
+    hypothesis_to_candidates,
     hypothesis_to_pose,
     hypothesis_to_pose_array,
     loop_closure_to_msg,
@@ -156,8 +158,8 @@ class LocalizeNode(Node):
 
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "~/pose", 10)
         self.candidates_pub = self.create_publisher(PoseArray, "~/candidates", 10)
-        self.matches_pub = self.create_publisher(PointCloud2, "~/matches", 10)
-        self.loop_closure_pub = self.create_publisher(PointCloud2, "~/loop_closure", 10)
+        self.matches_pub = self.create_publisher(PlaceCandidates, "~/matches", 10)
+        self.loop_closure_pub = self.create_publisher(LoopClosure, "~/loop_closure", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(Odometry, "odom", self._on_odometry, 50)
         if self.config.image_transport == "compressed":
@@ -266,10 +268,11 @@ class LocalizeNode(Node):
             self.pose_pub.publish(pose)
         if self.config.publish_candidates:
             self.candidates_pub.publish(hypothesis_to_pose_array(hyp, self.frame_id))
-            self.matches_pub.publish(hypothesis_to_matches(hyp, self.frame_id))
+            self.matches_pub.publish(hypothesis_to_candidates(
+                hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices], localizer.reranker is not None))
         closure = gate.update(hyp) if gate is not None else None
         if closure is not None:
-            self.loop_closure_pub.publish(loop_closure_to_msg(closure, self.frame_id))
+            self.loop_closure_pub.publish(loop_closure_to_msg(closure, self.frame_id, msg.header.frame_id))
             self.loop_closures += 1
         self.stats.on_processed((time.perf_counter() - received_at) * 1e3, hyp.timings_ms)
 

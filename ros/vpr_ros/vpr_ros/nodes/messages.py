@@ -3,28 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose, PoseArray, PoseWithCovarianceStamped
-from sensor_msgs.msg import PointCloud2, PointField
+from geometry_msgs.msg import Pose, PoseArray, PoseWithCovariance, PoseWithCovarianceStamped
 from std_msgs.msg import Header
+from vpr_ros_interfaces.msg import LoopClosure as LoopClosureMsg
+from vpr_ros_interfaces.msg import PlaceCandidate, PlaceCandidates
 
 from vpr_ros.core.localizer import Hypothesis
 from vpr_ros.core.loop_closure import LoopClosure
-
-#: Fields of one ~/matches point: the candidate's reference pose, FAISS/re-rank score and frame id.
-MATCH_FIELDS = (("x", PointField.FLOAT64), ("y", PointField.FLOAT64), ("z", PointField.FLOAT64),
-                ("qx", PointField.FLOAT64), ("qy", PointField.FLOAT64), ("qz", PointField.FLOAT64),
-                ("qw", PointField.FLOAT64), ("score", PointField.FLOAT32), ("ref_id", PointField.UINT32))
-#: Fields of the one ~/loop_closure point: the matched map frame's pose and stamp, the gated score, its id.
-LOOP_CLOSURE_FIELDS = (("x", PointField.FLOAT64), ("y", PointField.FLOAT64), ("z", PointField.FLOAT64),
-                       ("qx", PointField.FLOAT64), ("qy", PointField.FLOAT64), ("qz", PointField.FLOAT64),
-                       ("qw", PointField.FLOAT64), ("ref_stamp", PointField.FLOAT64),
-                       ("score", PointField.FLOAT32), ("ref_id", PointField.UINT32))
-_NP_TYPES = {PointField.FLOAT64: "<f8", PointField.FLOAT32: "<f4", PointField.UINT32: "<u4"}
-MATCH_DTYPE = np.dtype([(name, _NP_TYPES[t]) for name, t in MATCH_FIELDS])
-LOOP_CLOSURE_DTYPE = np.dtype([(name, _NP_TYPES[t]) for name, t in LOOP_CLOSURE_FIELDS])
 
 
 def stamp_to_msg(stamp: float) -> Time:
@@ -82,65 +71,81 @@ def hypothesis_to_pose_array(hyp: Hypothesis, frame_id: str) -> PoseArray:
     return msg
 
 
-def _table_cloud(rows: np.ndarray, fields_spec: tuple[tuple[str, int], ...], stamp: float,
-                 frame_id: str) -> PointCloud2:
-    """A structured array as a PointCloud2 whose fields are the array's columns (lossless, typed)."""
-    offsets = [rows.dtype.fields[name][1] for name, _ in fields_spec]
-    fields = [PointField(name=name, offset=int(off), datatype=dt, count=1)
-              for (name, dt), off in zip(fields_spec, offsets, strict=True)]
-    return PointCloud2(header=Header(stamp=stamp_to_msg(stamp), frame_id=frame_id), height=1,
-                       width=len(rows), fields=fields, is_bigendian=False, point_step=rows.dtype.itemsize,
-                       row_step=rows.dtype.itemsize * len(rows), data=rows.tobytes(), is_dense=False)
+def _stamp_or_zero(stamp: float) -> Time:
+    """A map frame's stamp as builtin time; 0 when the map stores none (NaN), as the interface files say."""
+    return stamp_to_msg(stamp) if np.isfinite(stamp) else Time()
 
 
-def _table_from_cloud(msg: PointCloud2, fields_spec: tuple[tuple[str, int], ...], dtype: np.dtype,
-                      what: str) -> np.ndarray:
-    names = [f.name for f in msg.fields]
-    if names != [name for name, _ in fields_spec] or msg.point_step != dtype.itemsize:
-        raise ValueError(f"not a vpr_ros {what} cloud (fields {names})")
-    return np.frombuffer(bytes(msg.data), dtype=dtype, count=msg.width * msg.height).copy()
+def hypothesis_to_candidates(hyp: Hypothesis, frame_id: str, ref_stamps: np.ndarray,
+                             reranked: bool) -> PlaceCandidates:
+    """The hypothesis as vpr_ros_interfaces/PlaceCandidates: every candidate, best first.
 
-
-def loop_closure_to_msg(closure: LoopClosure, frame_id: str) -> PointCloud2:
-    """A loop closure as a one-point PointCloud2 with typed fields (LOOP_CLOSURE_FIELDS).
-
-    ``header.stamp`` is the query frame's stamp and ``header.frame_id`` the map frame; the point holds the
-    matched map frame's pose (x y z qx qy qz qw, float64; NaN when the map has no pose for it), its stamp
-    (``ref_stamp``, float64 seconds, as stored in the map), the gated ``score`` (float32) and its id
-    (``ref_id``, uint32). Nothing is rounded or packed into unrelated fields.
+    ``ref_stamps`` are the candidates' stamps as stored in the map (``refmap.frames.stamps[hyp.indices]``, NaN
+    where unknown); ``reranked`` whether Patch-NetVLAD re-ranked them (their scores are then fused scores).
     """
-    row = np.zeros(1, dtype=LOOP_CLOSURE_DTYPE)
-    for i, axis in enumerate(("x", "y", "z")):
-        row[axis] = closure.position[i]
-    for i, axis in enumerate(("qx", "qy", "qz", "qw")):
-        row[axis] = closure.orientation[i]
-    row["ref_stamp"] = closure.ref_stamp
-    row["score"] = closure.score
-    row["ref_id"] = closure.ref_id
-    return _table_cloud(row, LOOP_CLOSURE_FIELDS, closure.stamp, frame_id)
+    msg = PlaceCandidates(header=Header(stamp=stamp_to_msg(hyp.stamp), frame_id=frame_id),
+                          confidence=float(hyp.confidence), sequence_length=int(hyp.sequence_frames),
+                          reranked=bool(reranked))
+    position_known = np.isfinite(hyp.positions).all(axis=1)
+    orientation_known = np.isfinite(hyp.orientations).all(axis=1)
+    msg.candidates = [
+        PlaceCandidate(ref_id=int(ref_id), ref_stamp=_stamp_or_zero(float(stamp)),
+                       pose=_pose(np.where(pos_ok, position, 0.0), orientation), pose_known=bool(pos_ok),
+                       orientation_known=bool(ori_ok), score=float(score), rank=rank)
+        for rank, (ref_id, stamp, position, orientation, pos_ok, ori_ok, score) in enumerate(zip(
+            hyp.ids, ref_stamps, hyp.positions, hyp.orientations, position_known, orientation_known, hyp.scores,
+            strict=True))]
+    return msg
 
 
-def loop_closure_from_msg(msg: PointCloud2) -> np.ndarray:
-    """Inverse of :func:`loop_closure_to_msg`: a structured array with LOOP_CLOSURE_DTYPE rows (one)."""
-    return _table_from_cloud(msg, LOOP_CLOSURE_FIELDS, LOOP_CLOSURE_DTYPE, "loop closure")
+@dataclass(frozen=True)
+class CandidateTable:
+    """The columns of a PlaceCandidates message (for listeners such as the replay client and the evaluator).
 
-
-def hypothesis_to_matches(hyp: Hypothesis, frame_id: str) -> PointCloud2:
-    """Candidates as a PointCloud2 with typed fields (x y z qx qy qz qw score ref_id), best first.
-
-    A PointCloud2 with named fields is the standard message that carries a typed table losslessly; rviz
-    shows it as points coloured by score.
+    Shape: ids (K,) int64; scores (K,) float32; positions (K, 3) float64, NaN where ``pose_known`` is false.
     """
-    rows = np.zeros(len(hyp.indices), dtype=MATCH_DTYPE)
-    for i, axis in enumerate(("x", "y", "z")):
-        rows[axis] = hyp.positions[:, i]
-    for i, axis in enumerate(("qx", "qy", "qz", "qw")):
-        rows[axis] = hyp.orientations[:, i]
-    rows["score"] = hyp.scores
-    rows["ref_id"] = hyp.ids
-    return _table_cloud(rows, MATCH_FIELDS, hyp.stamp, frame_id)
+
+    stamp: float
+    ids: np.ndarray
+    scores: np.ndarray
+    positions: np.ndarray
+    confidence: float
 
 
-def matches_from_msg(msg: PointCloud2) -> np.ndarray:
-    """Inverse of :func:`hypothesis_to_matches`: a structured array with MATCH_DTYPE rows."""
-    return _table_from_cloud(msg, MATCH_FIELDS, MATCH_DTYPE, "matches")
+def candidates_from_msg(msg: PlaceCandidates) -> CandidateTable:
+    """Inverse of :func:`hypothesis_to_candidates` for the columns a listener needs."""
+    rows = msg.candidates
+    positions = np.array([(c.pose.position.x, c.pose.position.y, c.pose.position.z) if c.pose_known
+                          else (np.nan, np.nan, np.nan) for c in rows], dtype=np.float64).reshape(len(rows), 3)
+    return CandidateTable(stamp=stamp_from_msg(msg.header.stamp),
+                          ids=np.array([c.ref_id for c in rows], dtype=np.int64),
+                          scores=np.array([c.score for c in rows], dtype=np.float32),
+                          positions=positions, confidence=float(msg.confidence))
+
+
+def unverified_relative_pose() -> PoseWithCovariance:
+    """Identity with the uninformative covariance of LoopClosure.msg: what an unverified closure carries."""
+    relative = PoseWithCovariance()
+    relative.pose.orientation.w = 1.0
+    variances = [LoopClosureMsg.UNINFORMATIVE_TRANSLATION_VARIANCE] * 3 + \
+        [LoopClosureMsg.UNINFORMATIVE_ROTATION_VARIANCE] * 3
+    relative.covariance = np.diag(variances).ravel().tolist()
+    return relative
+
+
+def loop_closure_to_msg(closure: LoopClosure, frame_id: str, query_frame_id: str) -> LoopClosureMsg:
+    """A gated loop closure as vpr_ros_interfaces/LoopClosure (header stamp = query stamp, frame = map frame).
+
+    Until geometric verification runs, ``verified`` and ``metric`` are false, ``inliers`` is 0 and the relative
+    pose is the identity with the uninformative covariance (:func:`unverified_relative_pose`).
+    """
+    stamp = stamp_to_msg(closure.stamp)
+    position_known = bool(np.isfinite(closure.position).all())
+    orientation_known = bool(np.isfinite(closure.orientation).all())
+    return LoopClosureMsg(
+        header=Header(stamp=stamp, frame_id=frame_id), query_stamp=stamp, query_frame_id=query_frame_id,
+        keyframe_id=int(closure.ref_id), keyframe_stamp=_stamp_or_zero(closure.ref_stamp),
+        keyframe_pose=_pose(np.where(position_known, closure.position, 0.0), closure.orientation),
+        keyframe_pose_known=position_known, keyframe_orientation_known=orientation_known,
+        relative_pose=unverified_relative_pose(), inliers=0, score=float(closure.score),
+        confidence=float(closure.confidence), verified=False, metric=False)

@@ -2,7 +2,7 @@
 
 Used by ``make demo``, the integration tests and replay evaluation, through :mod:`vpr_ros.nodes.harness` (which
 starts the node and spins this client). ``LocalizeClient`` publishes frames and pairs each with the node's
-``~/matches`` answer by stamp, measuring end-to-end latency. Lock-step replay
+``~/matches`` answer (vpr_ros_interfaces/PlaceCandidates) by stamp, measuring end-to-end latency. Lock-step replay
 (``send_and_wait``) drops nothing; the rate-based bag player (:mod:`vpr_ros.nodes.live_replay`) publishes
 without waiting, so frames the node cannot keep up with are dropped and counted.
 """
@@ -19,10 +19,11 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, PointCloud2
+from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
+from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidates
 
-from vpr_ros.nodes.messages import loop_closure_from_msg, matches_from_msg, stamp_from_msg, stamp_to_msg
+from vpr_ros.nodes.messages import candidates_from_msg, stamp_from_msg, stamp_to_msg
 
 
 def rgb_to_image_msg(rgb: np.ndarray, stamp: float, frame_id: str = "camera", encoding: str = "rgb8") -> Image:
@@ -45,13 +46,14 @@ def jpeg_to_compressed_msg(jpeg: bytes, stamp: float, frame_id: str = "camera") 
 
 @dataclass
 class LoopClosureAnswer:
-    """One ~/loop_closure message: the query stamp and the matched map frame."""
+    """One ~/loop_closure message: the query stamp and the matched map frame (``msg``: the whole message)."""
 
     stamp: float
     ref_id: int
     ref_stamp: float
     position: np.ndarray
     score: float
+    msg: LoopClosure
 
 
 @dataclass
@@ -73,8 +75,8 @@ class LocalizeClient(Node):
         super().__init__(name, **kwargs)
         msg_type = CompressedImage if compressed else Image
         self.image_pub = self.create_publisher(msg_type, image_topic, qos_profile_sensor_data)
-        self.create_subscription(PointCloud2, f"{node_namespace}/matches", self._on_matches, 50)
-        self.create_subscription(PointCloud2, f"{node_namespace}/loop_closure", self._on_loop_closure, 50)
+        self.create_subscription(PlaceCandidates, f"{node_namespace}/matches", self._on_matches, 50)
+        self.create_subscription(LoopClosure, f"{node_namespace}/loop_closure", self._on_loop_closure, 50)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self._lock = threading.Condition()
         self._sent: dict[float, float] = {}
@@ -83,23 +85,24 @@ class LocalizeClient(Node):
         self.diagnostics: list[DiagnosticStatus] = []
         self._node_namespace = node_namespace
 
-    def _on_matches(self, msg: PointCloud2) -> None:
+    def _on_matches(self, msg: PlaceCandidates) -> None:
         now = time.perf_counter()
-        rows = matches_from_msg(msg)
-        stamp = round(stamp_from_msg(msg.header.stamp), 6)
+        table = candidates_from_msg(msg)
+        stamp = round(table.stamp, 6)
         with self._lock:
             sent = self._sent.get(stamp)
-            self.answers[stamp] = Answer(stamp, rows["ref_id"].astype(np.int64), rows["score"].astype(np.float32),
-                                         np.stack([rows["x"], rows["y"], rows["z"]], axis=1),
+            self.answers[stamp] = Answer(stamp, table.ids, table.scores, table.positions,
                                          (now - sent) * 1e3 if sent is not None else float("nan"))
             self._lock.notify_all()
 
-    def _on_loop_closure(self, msg: PointCloud2) -> None:
-        row = loop_closure_from_msg(msg)[0]
+    def _on_loop_closure(self, msg: LoopClosure) -> None:
+        known = msg.keyframe_pose_known
+        position = msg.keyframe_pose.position
         with self._lock:
             self.loop_closures.append(LoopClosureAnswer(
-                round(stamp_from_msg(msg.header.stamp), 6), int(row["ref_id"]), float(row["ref_stamp"]),
-                np.array([row["x"], row["y"], row["z"]]), float(row["score"])))
+                round(stamp_from_msg(msg.query_stamp), 6), int(msg.keyframe_id), stamp_from_msg(msg.keyframe_stamp),
+                np.array([position.x, position.y, position.z]) if known else np.full(3, np.nan), float(msg.score),
+                msg))
             self._lock.notify_all()
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:

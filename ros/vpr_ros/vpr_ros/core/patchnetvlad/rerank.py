@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpr_ros.config import setting
-from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, patch_descriptors
+from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, patch_descriptors
 from vpr_ros.core.patchnetvlad.matching import nearest_patches
 from vpr_ros.core.patchnetvlad.presets import PRESETS, SCORERS
 from vpr_ros.core.patchnetvlad.scoring import (
@@ -29,7 +29,14 @@ from vpr_ros.core.patchnetvlad.scoring import (
     rapid_spatial_score_bound,
     rapid_spatial_scores,
 )
-from vpr_ros.core.patchnetvlad.store import SECTION, PatchSpec, PatchStoreConfig, check_store, resolve_spec
+from vpr_ros.core.patchnetvlad.store import (
+    SECTION,
+    PatchSpec,
+    PatchStoreConfig,
+    check_store,
+    decode,
+    resolve_spec,
+)
 from vpr_ros.core.refmap import MapError, ReferenceMap
 
 
@@ -107,6 +114,50 @@ class RerankResult:
     weights: np.ndarray
 
 
+@dataclass
+class PatchCorrespondences:
+    """The mutual nearest-neighbour patch pairs (eq. 3) of a query and one map frame at one patch size: what the
+    re-ranker matched, for drawing (:meth:`Reranker.explain`).
+
+    Patch centres are in pixels (x, y) of the network input (``input_hw``, the map's input size); both images
+    are resized to it without cropping, so :meth:`centres_in` maps them to any image size by scaling alone.
+
+    Shape:
+        query_patches / ref_patches: (M,) int64 row-major patch indices on ``grid``, strongest pair first;
+        similarity: (M,) float32 dot product of each pair's L2-normalised descriptors (stored codes decoded).
+    """
+
+    row: int
+    grid: PatchGrid
+    input_hw: tuple[int, int]
+    query_patches: np.ndarray
+    ref_patches: np.ndarray
+    similarity: np.ndarray
+    n_query: int
+
+    def __len__(self) -> int:
+        return int(self.query_patches.shape[0])
+
+    @property
+    def patch_size_px(self) -> int:
+        """Side of one patch in network-input pixels."""
+        return self.grid.size * self.grid.pixel_stride
+
+    def centres_in(self, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 2) float64 query and reference patch centres in pixels of an image of ``image_hw`` = (h, w).
+
+        A patch starting at feature cell j covers input pixels [pixel_stride j, pixel_stride (j + size)), so
+        its centre is ``pixel_stride (j + size / 2) - 0.5`` in input pixels (pixel centres at integers); the
+        resize to (h, w) maps input coordinate u to ``(u + 0.5) * w / input_w - 0.5``.
+        """
+        grid = self.grid
+        start = grid.grid_indices().astype(np.float64) * grid.stride                   # (n_p, 2) cells (x, y)
+        centres = grid.pixel_stride * (start + grid.size / 2.0)                        # input px, edge-based
+        scale = np.array([image_hw[1] / self.input_hw[1], image_hw[0] / self.input_hw[0]])
+        in_image = centres * scale - 0.5
+        return in_image[self.query_patches], in_image[self.ref_patches]
+
+
 class Reranker:
     """Re-ranks a query's candidates by Patch-NetVLAD patch matching against a map's patch store.
 
@@ -157,6 +208,38 @@ class Reranker:
                 rapid = rapid_spatial_scores(matches, self.grid_indices[s], self.grid_indices[s])
                 scores[:, s] = rapid / self.bounds[s]
         return scores
+
+    def explain(self, features: np.ndarray, row: int, scale: int | None = None) -> PatchCorrespondences:
+        """The patch pairs :meth:`scale_scores` matches between the query and map row ``row``, at one patch size.
+
+        For debug views only (one candidate, one size, not on the localization path): the query patches of
+        that size are computed again and matched with the same kernel and store codes as in re-ranking.
+
+        Args:
+            features: query feature map (1, D, h, w).
+            row: map row of the candidate.
+            scale: index into the map's patch sizes; None = the size with the largest fusion weight.
+        """
+        if scale is None:
+            scale = int(np.argmax(self.spec.weights))
+        if not 0 <= scale < len(self.spec.grids):
+            raise ValueError(f"patch scale {scale} out of range: the map stores {len(self.spec.grids)} size(s)")
+        if not 0 <= row < len(self.refmap):
+            raise ValueError(f"map row {row} out of range: the map has {len(self.refmap)} frames")
+        grid = self.spec.grids[scale]
+        query = patch_descriptors(features, self.refmap.head, [grid], self.spec.dim, self.config.strategy)[0][0]
+        codes = np.asarray(self.stores[scale][row:row + 1])
+        matches = nearest_patches(query, codes, self.spec.encoding, self.config.threads)
+        ref_patches = np.flatnonzero(matches.mutual[0])
+        query_patches = matches.nearest_query[0, ref_patches]
+        scale_name = self.spec.array_name(grid) + "_scale"
+        frame_scale = self.refmap.arrays[scale_name][row:row + 1] if scale_name in self.refmap.arrays else None
+        refs = decode(codes, self.spec.encoding, frame_scale)[0]
+        similarity = np.einsum("mp,mp->m", query[query_patches], refs[ref_patches]).astype(np.float32)
+        order = np.argsort(-similarity, kind="stable")
+        return PatchCorrespondences(int(row), grid, (int(self.refmap.input_size[0]), int(self.refmap.input_size[1])),
+                                    query_patches[order].astype(np.int64), ref_patches[order].astype(np.int64),
+                                    similarity[order], int(query.shape[0]))
 
     def rerank(self, features: np.ndarray, rows: np.ndarray) -> RerankResult:
         """Re-order candidate map rows (best retrieval first) by fused patch score; ties keep retrieval order."""
