@@ -36,7 +36,9 @@ def test_colcon_build_installs_console_scripts(repo: Path, tmp_path: Path):
     colcon = shutil.which("colcon", path=str(Path(sys.executable).parent))
     assert colcon is not None, "colcon missing beside the interpreter: requirements/dev.txt installs it"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    out = subprocess.run([colcon, "--log-base", str(tmp_path / "log"), "build", "--base-paths", str(repo),
+    # Only ros/vpr_ros: with ros/vpr_ros_interfaces in the base paths colcon wants it in this install too, and it
+    # is built (and installed into the venv) by `make interfaces`.
+    out = subprocess.run([colcon, "--log-base", str(tmp_path / "log"), "build", "--base-paths", str(PACKAGE_ROOT),
                           "--packages-select", "vpr_ros", "--build-base", str(tmp_path / "build"),
                           "--install-base", str(tmp_path / "install")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -46,6 +48,15 @@ def test_colcon_build_installs_console_scripts(repo: Path, tmp_path: Path):
     share = tmp_path / "install" / "vpr_ros" / "share" / "vpr_ros"
     assert (share / "launch" / "localize.launch.py").exists() and (share / "config" / "localize.yaml").exists()
     assert (share / "config" / "vpr_ros.rviz").exists()
+    # The default encoder with its card and licence, and the patch-matching graphs (package data): a colcon
+    # install localizes without torch or onnx (test/test_no_torch.py).
+    models = PACKAGE_ROOT / "models"
+    for name in ("efficientnet_lite0_b10.onnx", "efficientnet_lite0_b10.yaml", "LICENSE.efficientnet_lite0"):
+        assert (share / "models" / name).read_bytes() == (models / name).read_bytes(), name
+    site = tmp_path / "install" / "vpr_ros" / "lib"
+    graphs = list(site.glob("python3*/site-packages/vpr_ros/core/patchnetvlad/graphs"))
+    assert len(graphs) == 1 and {p.name for p in graphs[0].glob("*.onnx")} == {
+        f"mutual_nn_{e}.onnx" for e in ("float32", "float16", "int8")}
     # After sourcing setup.bash, `ros2 run vpr_ros build_map` runs this file with the venv's interpreter.
     script = f". {tmp_path / 'install' / 'setup.bash'} && {lib / 'build_map'} --help"
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
