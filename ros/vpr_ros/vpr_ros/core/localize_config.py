@@ -16,6 +16,8 @@ class LocalizeNodeConfig:
 
     map_path: str = setting("", "reference map directory made by build_map (required)")
     verify_map: bool = setting(True, "check the sha256 of every map file at load (slower for huge maps)")
+    autostart: bool = setting(True, "configure and activate the node at start (lifecycle), as `ros2 run` users "
+                              "expect; false = stay unconfigured until a lifecycle manager configures it (nav2 style)")
     image_transport: str = setting("raw", "subscribe to sensor_msgs/Image on 'image' (raw) or to "
                                    "sensor_msgs/CompressedImage on 'image/compressed' (compressed)",
                                    choices=("raw", "compressed"))

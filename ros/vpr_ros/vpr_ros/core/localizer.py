@@ -10,7 +10,12 @@ Every stage is a method so a notebook can run them one by one::
 
 The sequence stage (``LocalizerConfig.sequence``, :mod:`vpr_ros.core.sequence`) keeps state: the recent
 frames of the camera. Feed one camera's frames in order, and call :meth:`Localizer.reset_sequence` when
-the stream breaks (another camera, a jump of the robot).
+the stream breaks (another camera, a jump of the robot). :meth:`Localizer.localize_single_frame` answers one
+image from retrieval and re-ranking alone and leaves that state alone (one-shot relocalization).
+
+:meth:`Localizer.reconfigure` changes the settings that do not depend on the loaded map and encoder (top_k,
+re-ranking, sequence, confidence radius) without loading anything again; a frame in flight finishes with the
+settings it started with.
 """
 
 from __future__ import annotations
@@ -142,21 +147,87 @@ def ratio_confidence(scores: np.ndarray, positions: np.ndarray, radius: float) -
     return float(np.clip(1.0 - d1 / d2, 0.0, 1.0))
 
 
+@dataclass(frozen=True)
+class PipelineStages:
+    """The settings of a :class:`Localizer` and the stages built from them, swapped as one object.
+
+    A frame reads them once and runs to the end with them, so :meth:`Localizer.reconfigure` from another
+    thread never mixes old and new settings within one frame.
+    """
+
+    config: LocalizerConfig
+    reranker: Reranker | None
+    sequence: SequenceMatcher | None
+
+    @property
+    def retrieval_k(self) -> int:
+        """Candidates fetched from the global index per frame: the re-ranked pool when re-ranking, else top_k
+        or more when the sequence stage needs them.
+
+        With re-ranking the sequence stage sees the re-ranked pool only: fused patch scores and cosine
+        similarities are on different scales, so candidates outside the pool cannot be mixed in.
+        """
+        if self.reranker is not None:
+            return max(self.config.top_k, self.config.rerank.candidates)
+        return max(self.config.top_k, self.sequence.candidates_needed if self.sequence is not None else 0)
+
+
 class Localizer:
     """Runs the pipeline against one reference map with one encoder."""
 
     def __init__(self, refmap: ReferenceMap, encoder: Encoder, config: LocalizerConfig | None = None) -> None:
-        self.config = config or LocalizerConfig()
+        config = config or LocalizerConfig()
         refmap.check_encoder(encoder.describe())
         self.refmap = refmap
         self.encoder = encoder
         self.height, self.width = (int(v) for v in refmap.input_size)
-        spec = resolve_method(refmap, self.config.rerank)
-        self.reranker = Reranker(refmap, spec, self.config.rerank) if spec is not None else None
+        self._stages = PipelineStages(config, self._build_reranker(config.rerank),
+                                      self._build_sequence(config.sequence, config.top_k))
 
-        self.sequence: SequenceMatcher | None = None
-        if self.config.sequence.method != "none":
-            self.sequence = SequenceMatcher(self.config.sequence, refmap.descriptors, self.config.top_k)
+    def _build_reranker(self, config: RerankConfig) -> Reranker | None:
+        spec = resolve_method(self.refmap, config)
+        return Reranker(self.refmap, spec, config) if spec is not None else None
+
+    def _build_sequence(self, config: SequenceConfig, top_k: int) -> SequenceMatcher | None:
+        return SequenceMatcher(config, self.refmap.descriptors, top_k) if config.method != "none" else None
+
+    @property
+    def config(self) -> LocalizerConfig:
+        return self._stages.config
+
+    @property
+    def reranker(self) -> Reranker | None:
+        """Patch-NetVLAD re-ranking of the candidates; None when re-ranking is off."""
+        return self._stages.reranker
+
+    @property
+    def sequence(self) -> SequenceMatcher | None:
+        """The sequence stage with the camera's recent frames; None without a sequence method."""
+        return self._stages.sequence
+
+    def reconfigure(self, config: LocalizerConfig) -> None:
+        """Use ``config`` from the next frame on, keeping the loaded map and encoder.
+
+        Only what depends on changed values is built again: the re-ranker when ``rerank`` changed, the
+        sequence stage when ``sequence`` changed (the query sequence then starts afresh, as after
+        :meth:`reset_sequence`). A change of ``top_k`` alone keeps the buffered frames. Safe to call while
+        another thread localizes: the settings and the stages are swapped as one object.
+
+        Raises:
+            ValueError: ``config.encoder`` differs (a new encoder needs a new Localizer: load the map again).
+            MapError: ``config.rerank`` asks for patches the map does not store; nothing was changed.
+        """
+        current = self._stages
+        if config.encoder != current.config.encoder:
+            raise ValueError("localizer.encoder cannot change on a loaded localizer: load the map again")
+        reranker = current.reranker if config.rerank == current.config.rerank else self._build_reranker(config.rerank)
+        sequence = current.sequence
+        if config.sequence != current.config.sequence:
+            sequence = self._build_sequence(config.sequence, config.top_k)
+        elif sequence is not None and config.top_k != current.config.top_k:
+            # top_k only cuts the matcher's output: a copy that shares the buffered frames keeps the sequence.
+            sequence = sequence.with_top_k(config.top_k)
+        self._stages = PipelineStages(config, reranker, sequence)
 
     @classmethod
     def from_paths(cls, map_path: str, config: LocalizerConfig | None = None, verify: bool = True) -> Localizer:
@@ -173,42 +244,42 @@ class Localizer:
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
     def retrieve(self, query: QueryFeatures, k: int | None = None) -> Candidates:
+        """FAISS top-``k`` of the map (``k`` defaults to :attr:`retrieval_k`)."""
         sims, idx = self.refmap.search(query.global_descriptor[None], k or self.retrieval_k)
         keep = idx[0] >= 0  # FAISS pads with -1 when fewer than k results exist
         scores = sims[0][keep].astype(np.float32)
         return Candidates(idx[0][keep].astype(np.int64), scores, scores)
 
-    def rerank(self, query: QueryFeatures, candidates: Candidates) -> Candidates:
-        """Patch-NetVLAD re-ranking (eq. 3-5) of the candidates; returned unchanged when re-ranking is off."""
-        if self.reranker is None or len(candidates.indices) == 0:
+    def rerank(self, query: QueryFeatures, candidates: Candidates, reranker: Reranker | None = None) -> Candidates:
+        """Patch-NetVLAD re-ranking (eq. 3-5) of the candidates; returned unchanged when re-ranking is off.
+
+        ``reranker`` defaults to the current one (:attr:`reranker`).
+        """
+        reranker = self.reranker if reranker is None else reranker
+        if reranker is None or len(candidates.indices) == 0:
             return candidates
-        result = self.reranker.rerank(query.features, candidates.indices)
+        result = reranker.rerank(query.features, candidates.indices)
         retrieval = candidates.retrieval_scores if candidates.retrieval_scores is not None else candidates.scores
         return Candidates(candidates.indices[result.order], result.scores, retrieval[result.order])
 
     @property
     def retrieval_k(self) -> int:
-        """Candidates fetched from the global index per frame: the re-ranked pool when re-ranking, else top_k
-        or more when the sequence stage needs them.
-
-        With re-ranking the sequence stage sees the re-ranked pool only: fused patch scores and cosine
-        similarities are on different scales, so candidates outside the pool cannot be mixed in.
-        """
-        if self.reranker is not None:
-            return max(self.config.top_k, self.config.rerank.candidates)
-        return max(self.config.top_k, self.sequence.candidates_needed if self.sequence is not None else 0)
+        """Candidates fetched from the global index per frame (see :attr:`PipelineStages.retrieval_k`)."""
+        return self._stages.retrieval_k
 
     def fuse_sequence(self, query: QueryFeatures, candidates: Candidates, stamp: float,
-                      travelled: float | None = None) -> tuple[Candidates, int, bool]:
+                      travelled: float | None = None, sequence: SequenceMatcher | None = None,
+                      ) -> tuple[Candidates, int, bool]:
         """Sequence stage: add this frame to the camera's sequence and rank map frames for the sequence.
 
         Works on whatever ``candidates`` the previous stages produced (FAISS or re-ranked). Returns the
         fused candidates, the number of frames they rest on and whether the sequence was complete.
+        ``sequence`` defaults to the current sequence stage (:attr:`sequence`).
         """
-        if self.sequence is None:
+        sequence = self.sequence if sequence is None else sequence
+        if sequence is None:
             return candidates, 1, True
-        result = self.sequence.fuse(query.global_descriptor, candidates.indices, candidates.scores, stamp,
-                                    travelled)
+        result = sequence.fuse(query.global_descriptor, candidates.indices, candidates.scores, stamp, travelled)
         return Candidates(result.rows, result.scores), result.frames, result.complete
 
     def reset_sequence(self) -> None:
@@ -216,14 +287,16 @@ class Localizer:
         if self.sequence is not None:
             self.sequence.reset()
 
-    def hypothesis(self, candidates: Candidates, stamp: float, timings: dict[str, float]) -> Hypothesis:
+    def hypothesis(self, candidates: Candidates, stamp: float, timings: dict[str, float],
+                   confidence_radius: float | None = None) -> Hypothesis:
+        """The answer for ``candidates``; ``confidence_radius`` defaults to the current config's."""
         frames = self.refmap.frames
         idx = candidates.indices
         positions = frames.positions[idx]
+        radius = self.config.confidence_radius if confidence_radius is None else confidence_radius
         return Hypothesis(stamp=stamp, indices=idx, ids=frames.ids[idx], scores=candidates.scores,
                           positions=positions, orientations=frames.orientations[idx],
-                          confidence=ratio_confidence(candidates.scores, positions, self.config.confidence_radius),
-                          timings_ms=timings)
+                          confidence=ratio_confidence(candidates.scores, positions, radius), timings_ms=timings)
 
     # ---- end to end ------------------------------------------------------------------------------
     def localize(self, image: np.ndarray, stamp: float = 0.0, travelled: float | None = None,
@@ -254,20 +327,43 @@ class Localizer:
                           timer: StageTimer | None = None) -> Hypothesis:
         """The stages after encoding (for callers that encode many images in a batch first)."""
         timer = timer or StageTimer()
-        with timer("retrieve"):
-            candidates = self.retrieve(query)
-        if self.reranker is not None:
-            with timer("rerank"):
-                candidates = self.rerank(query, candidates)
-        if self.sequence is None:
-            return self.hypothesis(candidates.head(self.config.top_k), stamp, timer.finish())
-        single = candidates.head(self.config.top_k)
+        stages = self._stages  # one frame, one set of settings (see reconfigure)
+        candidates = self._single_frame_candidates(query, stages, timer)
+        top_k, radius = stages.config.top_k, stages.config.confidence_radius
+        if stages.sequence is None:
+            return self.hypothesis(candidates.head(top_k), stamp, timer.finish(), radius)
         with timer("sequence"):
-            fused, frames, complete = self.fuse_sequence(query, candidates, stamp, travelled)
-        hyp = self.hypothesis(fused.head(self.config.top_k), stamp, timer.finish())
+            fused, frames, complete = self.fuse_sequence(query, candidates, stamp, travelled, stages.sequence)
+        hyp = self.hypothesis(fused.head(top_k), stamp, timer.finish(), radius)
         hyp.sequence_frames, hyp.sequence_complete = frames, complete
-        hyp.single = self.hypothesis(single, stamp, {})
+        hyp.single = self.hypothesis(candidates.head(top_k), stamp, {}, radius)
         return hyp
+
+    def localize_single_frame(self, image: np.ndarray, stamp: float = 0.0, top_k: int | None = None) -> Hypothesis:
+        """One-shot answer for one RGB uint8 image from retrieval and re-ranking alone (relocalization).
+
+        The camera's query sequence is neither read nor changed, so this can answer any image (another
+        camera, a photo) between the frames of the live stream. The answer is the single-frame answer of
+        :meth:`localize` for the same image: ``hyp.single`` with a sequence method, ``hyp`` itself without.
+        ``top_k`` (default: the configured ``top_k``) caps the candidates returned, at most as many as retrieval
+        and re-ranking produce.
+        """
+        timer = StageTimer()
+        with timer("encode"):
+            query = self.encode(image)
+        stages = self._stages
+        candidates = self._single_frame_candidates(query, stages, timer)
+        return self.hypothesis(candidates.head(top_k or stages.config.top_k), stamp, timer.finish(),
+                               stages.config.confidence_radius)
+
+    def _single_frame_candidates(self, query: QueryFeatures, stages: PipelineStages, timer: StageTimer) -> Candidates:
+        """Retrieval and re-ranking of one frame: every candidate the sequence stage may use, best first."""
+        with timer("retrieve"):
+            candidates = self.retrieve(query, stages.retrieval_k)
+        if stages.reranker is not None:
+            with timer("rerank"):
+                candidates = self.rerank(query, candidates, stages.reranker)
+        return candidates
 
     def localize_many(self, images: Iterable[np.ndarray], stamps: Iterable[float] | None = None) -> list[Hypothesis]:
         """One hypothesis per image, each timed on its own (as the node would see it)."""

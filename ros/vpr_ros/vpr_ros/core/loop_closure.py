@@ -100,6 +100,12 @@ class LoopClosureGate:
         with self._lock:
             self._forget()
 
+    def reconfigure(self, config: LoopClosureConfig, confidence_radius: float) -> None:
+        """Gate with new thresholds from the next hypothesis on, keeping the consecutive-frame history."""
+        with self._lock:
+            self.config = config
+            self.confidence_radius = confidence_radius
+
     def _forget(self) -> None:
         self.consecutive = 0
         self._previous = None

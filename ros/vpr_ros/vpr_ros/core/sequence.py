@@ -34,6 +34,7 @@ take those shifts as arguments, and without them are the thesis' methods exactly
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -425,6 +426,13 @@ class SequenceMatcher:
         """Forget the query sequence (the next frame starts a new one)."""
         with self._lock:
             self.buffer.reset()
+
+    def with_top_k(self, top_k: int) -> SequenceMatcher:
+        """This matcher, answering with ``top_k`` candidates: a copy that shares the buffered frames (and its
+        lock) with this one, so a change of top_k keeps the query sequence."""
+        other = copy.copy(self)
+        other.top_k = top_k
+        return other
 
     # ---- lazily built map-side arrays --------------------------------------------------------------
     @property

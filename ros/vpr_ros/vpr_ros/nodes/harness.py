@@ -12,6 +12,12 @@ spinning on a dead context. This module is that code, once.
   in a background thread, and every node and process started through it.
 * :func:`run_localize` is the common case: one node and its client, as a context manager.
 * :class:`NodeProcess` is the node as its own process, also usable alone (e.g. to check how it exits).
+* :func:`change_lifecycle_state`, :func:`get_lifecycle_state` and :func:`call_service` drive the node's
+  lifecycle (``~/change_state``, ``~/get_state``) and services from a client node on the graph.
+
+The node is a lifecycle node that configures and activates itself at start unless ``autostart`` is false;
+:meth:`RosGraph.start_localize` returns once it answers images, or once it reports that it stays
+unconfigured or inactive (``autostart:=false``, or a map it could not load).
 
 Typical use (test/test_localize_node.py runs it on the corridor map)::
 
@@ -43,6 +49,8 @@ from typing import IO, TypeVar
 
 import rclpy
 import yaml
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
@@ -53,6 +61,48 @@ from vpr_ros.nodes.replay import LocalizeClient
 
 ParameterValue = bool | int | float | str | list[bool] | list[int] | list[float] | list[str]
 NodeT = TypeVar("NodeT", bound=Node)
+
+
+def call_service(node: Node, srv_type: type, name: str, request: object, timeout: float = 30.0) -> object | None:
+    """Call service ``name`` from ``node`` (which must be spinning in an executor); None if it never answered."""
+    client = node.create_client(srv_type, name)
+    try:
+        deadline = time.monotonic() + timeout
+        if not client.wait_for_service(timeout):
+            return None
+        future = client.call_async(request)
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return future.result() if future.done() else None
+    finally:
+        node.destroy_client(client)
+
+
+def change_lifecycle_state(node: Node, target: str, transition: str, timeout: float = 60.0) -> bool:
+    """Ask lifecycle node ``target`` (fully qualified name) for ``transition`` (``configure``, ``activate``,
+    ``deactivate``, ``cleanup``, ``shutdown``) through its ``~/change_state`` service; whether it succeeded.
+
+    Raises:
+        TimeoutError: the service did not answer within ``timeout`` s.
+    """
+    # By label, as `ros2 lifecycle set` does: "shutdown" resolves to the shutdown transition of the current state.
+    request = ChangeState.Request(transition=Transition(label=transition))
+    response = call_service(node, ChangeState, f"{target}/change_state", request, timeout)
+    if response is None:
+        raise TimeoutError(f"{target}/change_state did not answer {transition!r} within {timeout:.0f} s")
+    return bool(response.success)  # type: ignore[attr-defined]
+
+
+def get_lifecycle_state(node: Node, target: str, timeout: float = 30.0) -> str:
+    """The primary state (``unconfigured``, ``inactive``, ``active``, ``finalized``) of lifecycle node ``target``.
+
+    Raises:
+        TimeoutError: its ``~/get_state`` service did not answer within ``timeout`` s.
+    """
+    response = call_service(node, GetState, f"{target}/get_state", GetState.Request(), timeout)
+    if response is None:
+        raise TimeoutError(f"{target}/get_state did not answer within {timeout:.0f} s")
+    return str(response.current_state.label)  # type: ignore[attr-defined]
 
 
 class NodeStartError(RuntimeError):
@@ -296,7 +346,9 @@ class RosGraph:
                        ready_timeout: float = 60.0, require_map: bool = True) -> LocalizeEndpoint:
         """Start the node ``launch`` describes and a client for it; return once the node answers.
 
-        Ready means: the node subscribes to the client's image topic and has published /diagnostics.
+        Ready means: the node has published /diagnostics, and it subscribes to the client's image topic (it is
+        active) or it reports a lifecycle state other than active (it stays unconfigured or inactive: no
+        ``autostart``, or a map it could not load).
 
         Raises:
             NodeStartError: not ready within ``ready_timeout`` s, its process exited, or (``require_map``)
@@ -315,7 +367,7 @@ class RosGraph:
             endpoint.node = self.add(node, on_close=node.shutdown)
         see_log = f"; see {launch.log_path}" if launch.log_path is not None else ""
         deadline = time.monotonic() + ready_timeout
-        while not client.ready():
+        while not (client.ready() or client.latest_diagnostic().get("lifecycle_state", "active") != "active"):
             if endpoint.process is not None and not endpoint.process.alive():
                 raise NodeStartError(f"the localize node {launch.node_name} exited with code "
                                      f"{endpoint.process.returncode}{see_log}")

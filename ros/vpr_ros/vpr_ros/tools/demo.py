@@ -32,7 +32,7 @@ from vpr_ros.nodes.replay import rgb_to_image_msg
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=PACKAGE_ROOT.parent / "data" / "corridor")
+    parser.add_argument("--data", type=Path, default=PACKAGE_ROOT.parents[1] / "data" / "corridor")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--params-file", type=Path, default=PACKAGE_ROOT / "config" / "localize.yaml")
     args = parser.parse_args(argv)
