@@ -131,7 +131,7 @@ def corridor() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model() -> Path:
-    assert DEFAULT_MODEL.exists(), f"{DEFAULT_MODEL} missing: run `make models` (make test does it)"
+    assert DEFAULT_MODEL.exists(), f"{DEFAULT_MODEL} missing: it ships with the repository (`make models` rebuilds it)"
     return DEFAULT_MODEL
 
 

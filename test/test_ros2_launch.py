@@ -50,6 +50,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from vpr_ros.core.image import load_rgb
+from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.io.poses import read_pose_file
 from vpr_ros.nodes.harness import RosGraph
@@ -238,9 +239,15 @@ def test_colcon_install_holds_executables_launch_file_configs_and_interfaces(ros
     lib = ros_workspace / "vpr_ros" / "lib" / "vpr_ros"
     assert {p.name for p in lib.iterdir()} >= {"build_map", "localize", "evaluate", "vpr_convert"}
     share = ros_workspace / "vpr_ros" / "share" / "vpr_ros"
-    for name in ("launch/localize.launch.py", "config/localize.yaml", "config/build_map.yaml", "config/vpr_ros.rviz",
-                 "models/efficientnet_lite0_b10.onnx", "models/efficientnet_lite0_b10.yaml"):
+    for name in ("launch/localize.launch.py", "config/localize.yaml", "config/build_map.yaml", "config/vpr_ros.rviz"):
         assert (share / name).is_file(), f"{name} not installed"
+    # The default encoder with its card and licence, and the patch-matching graphs (package data): a colcon
+    # install localizes without torch or onnx (test/test_no_torch.py).
+    for name in ("efficientnet_lite0_b10.onnx", "efficientnet_lite0_b10.yaml", "LICENSE.efficientnet_lite0"):
+        assert (share / "models" / name).read_bytes() == (PACKAGE_ROOT / "models" / name).read_bytes(), name
+    graphs = list((ros_workspace / "vpr_ros" / "lib").glob("python3*/site-packages/vpr_ros/core/patchnetvlad/graphs"))
+    assert len(graphs) == 1 and {p.name for p in graphs[0].glob("*.onnx")} == {
+        f"mutual_nn_{e}.onnx" for e in ("float32", "float16", "int8")}
     interfaces = ros_workspace / "vpr_ros_interfaces" / "share" / "vpr_ros_interfaces"
     assert {p.name for p in (interfaces / "msg").glob("*.msg")} >= {"PlaceCandidate.msg", "PlaceCandidates.msg",
                                                                     "LoopClosure.msg"}

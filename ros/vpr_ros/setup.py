@@ -10,12 +10,15 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=["vpr_ros", "vpr_ros.*"]),
+    # The Patch-NetVLAD matching graphs, read with importlib.resources (vpr_ros/core/patchnetvlad/matching.py).
+    package_data={"vpr_ros.core.patchnetvlad": ["graphs/*.onnx"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.rviz")),
-        ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx")),
+        # The default encoder, its model card and its licence (models/LICENSE.*).
+        ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx") + glob("models/LICENSE.*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -68,7 +68,7 @@ class ModelCard:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"model card {path} not found: every ONNX model needs its card beside it "
-                "(run `make models` to build the default model)") from None
+                "(the default model ships with vpr_ros; `make models` rebuilds it)") from None
         return cls.from_dict(raw, where=str(path))
 
     @classmethod

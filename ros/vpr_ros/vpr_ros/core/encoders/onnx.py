@@ -45,7 +45,7 @@ def _providers(device: str) -> list[str]:
 class OnnxEncoder:
     """Runs an encoder ONNX model on RGB images.
 
-    Example (the default model, built by ``make models``, on a corridor frame resized to 480 x 640):
+    Example (the default model, shipped in models/, on a corridor frame resized to 480 x 640):
         >>> from vpr_ros.core.image import load_rgb
         >>> from vpr_ros.core.paths import resolve_path
         >>> enc = OnnxEncoder(EncoderConfig(threads=1))
