@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -22,16 +23,28 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def current_umask() -> int:
+    """The process's umask, read once (reading it means setting it and back, which must not race other threads'
+    file creation more than once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_output(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    A crash or an exception leaves ``path`` as it was (old content or absent), never half-written.
+    A crash or an exception leaves ``path`` as it was (old content or absent), never half-written. The file
+    gets the permissions ``open()`` would give it (0666 less the umask): mkstemp's private 0600 would make a map
+    unreadable to a node running as another user.
     """
     path = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
