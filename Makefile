@@ -49,7 +49,7 @@ INTERFACES_STAMP := $(VENV)/.vpr_ros_interfaces-installed
 interfaces: $(INTERFACES_STAMP)
 
 $(INTERFACES_STAMP): $(STAMP) $(wildcard ros/vpr_ros_interfaces/* ros/vpr_ros_interfaces/*/*) tools/build_interfaces.py \
-		tools/patch_rosidl_wheels.py
+		tools/patch_rosidl_wheels.py | system-deps
 	$(PY) tools/build_interfaces.py
 	touch $@
 
@@ -64,16 +64,18 @@ demo: $(STAMP) $(INTERFACES_STAMP)
 test: $(STAMP) $(INTERFACES_STAMP) system-deps
 	$(PY) -m pytest -q
 
-# strace is a system package (not on PyPI): test/test_no_network.py traces the node's sockets with it.
+# System packages (not on PyPI): strace (test/test_no_network.py traces the node's sockets with it) and a C/C++
+# compiler (the rosidl build of vpr_ros_interfaces).
 system-deps:
-	@command -v strace >/dev/null || { \
-		if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends strace; \
-		else echo "make test needs strace: sudo apt-get install strace"; exit 1; fi; }
+	@command -v strace >/dev/null && command -v g++ >/dev/null || { \
+		if [ "$$(id -u)" -eq 0 ]; then apt-get update -qq && \
+			apt-get install -y -qq --no-install-recommends strace build-essential; \
+		else echo "make needs strace and a C++ compiler: sudo apt-get install strace build-essential"; exit 1; fi; }
 
-bench: $(STAMP)
+bench: $(STAMP) $(INTERFACES_STAMP)
 	$(PY) -m bench
 
-fuzz: $(STAMP)
+fuzz: $(STAMP) $(INTERFACES_STAMP)
 	VPR_FUZZ_SCALE=$${VPR_FUZZ_SCALE:-20} $(PY) -m pytest -q test/test_fuzz.py
 
 # Both ROS packages (vpr_ros, vpr_ros_interfaces) into install/, as `colcon build` does in a ROS 2 workspace; in
