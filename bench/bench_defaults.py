@@ -39,6 +39,7 @@ from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.localizer import Hypothesis, Localizer, LocalizerConfig
 from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig
 from vpr_ros.core.vlad import VladConfig
@@ -47,7 +48,7 @@ from vpr_ros.eval.ground_truth import positives_by_index
 from vpr_ros.eval.metrics import recall_at_n
 
 REPO = Path(__file__).resolve().parents[1]
-CNN = EncoderConfig(model=str(REPO / "models" / "efficientnet_lite0_b10.onnx"))
+CNN = EncoderConfig(model=str(PACKAGE_ROOT / "models" / "efficientnet_lite0_b10.onnx"))
 THUMBNAIL = EncoderConfig(model="thumbnail:64x32,patch=8")
 ENCODERS = {"thumbnail 64x32 patch 8": THUMBNAIL, "default CNN (EfficientNet-Lite0 b10 + VLAD)": CNN}
 

@@ -14,6 +14,7 @@ import numpy as np
 from bench.common import time_ms, write_result
 from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
 from vpr_ros.core.image import load_rgb, to_network_input
+from vpr_ros.core.paths import PACKAGE_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = ((480, 640), (240, 320))
@@ -26,7 +27,7 @@ def main() -> dict:
 
     torch.set_num_threads(2)
     images = [load_rgb(p) for p in sorted((REPO / "data" / "corridor" / "query").glob("*.jpg"))[::20]]
-    encoder = OnnxEncoder(EncoderConfig(model=str(REPO / "models" / "efficientnet_lite0_b10.onnx")))
+    encoder = OnnxEncoder(EncoderConfig(model=str(PACKAGE_ROOT / "models" / "efficientnet_lite0_b10.onnx")))
     model = load_pretrained_lite0()
     eager = FeatureExtractor(model, block=10, fold_bn=False).eval()
     folded = FeatureExtractor(model, block=10, fold_bn=True).eval()

@@ -35,6 +35,7 @@ import numpy as np
 
 from bench.common import write_result
 from bench.splits import CORRIDOR
+from vpr_ros.core.paths import PACKAGE_ROOT
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
@@ -249,7 +250,7 @@ def corridor_recall(folder: Path) -> dict[str, Any]:
     from vpr_ros.eval.ground_truth import positives_by_index
     from vpr_ros.eval.metrics import recall_at_n
 
-    encoder = OnnxEncoder(EncoderConfig(model=str(REPO / "models" / "efficientnet_lite0_b10.onnx")))
+    encoder = OnnxEncoder(EncoderConfig(model=str(PACKAGE_ROOT / "models" / "efficientnet_lite0_b10.onnx")))
     # Held-out half only: the VLAD defaults were chosen on the first half (bench/bench_defaults.py).
     src, queries = CORRIDOR.sources("held_out")
     images = [queries.load_image(i) for i in range(len(queries))]

@@ -1,8 +1,8 @@
 """The only reasons a test may be skipped: machine capabilities that the requirements cannot install.
 
 Everything in requirements/*.txt (torch, rclpy, onnx, colcon, the reference Patch-NetVLAD...) and everything
-shipped in the repository (data/, models/ after ``make models``) is required: a test never skips because one of
-them is missing or broken, it fails. A test that needs something a machine may lack by nature (a GPU, a system
+shipped in the repository (data/, the default model in ros/vpr_ros/models) is required: a test never skips because one
+of them is missing or broken, it fails. A test that needs something a machine may lack by nature (a GPU, a system
 ROS 2 install) says so with ``@pytest.mark.requires("<capability>")``; test/conftest.py skips it with the reason
 below when the probe says the machine lacks it, prints every skip at the end of the run, and fails the run
 (exit status 1) if any test was skipped for a reason that is not one of these.

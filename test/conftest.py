@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from capabilities import CAPABILITIES, allowed_capability, has
 
+from vpr_ros.core.paths import PACKAGE_ROOT
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
-DEFAULT_MODEL = REPO / "models" / "efficientnet_lite0_b10.onnx"
+DEFAULT_MODEL = PACKAGE_ROOT / "models" / "efficientnet_lite0_b10.onnx"
 
 
 # ---- Skip policy ---------------------------------------------------------------------------------------------
@@ -129,7 +131,7 @@ def corridor() -> Path:
 
 @pytest.fixture(scope="session")
 def default_model() -> Path:
-    assert DEFAULT_MODEL.exists(), f"{DEFAULT_MODEL} missing: run `make models` (make test does it)"
+    assert DEFAULT_MODEL.exists(), f"{DEFAULT_MODEL} missing: it ships with the repository (`make models` rebuilds it)"
     return DEFAULT_MODEL
 
 

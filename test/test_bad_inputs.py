@@ -23,6 +23,7 @@ from vpr_ros.cli import build_map, evaluate
 from vpr_ros.cli.common import run_cli
 from vpr_ros.config import ConfigError, config_from_dict
 from vpr_ros.core.localize_config import LocalizeNodeConfig
+from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.io.poses import read_pose_file, write_pose_csv
 from vpr_ros.nodes.harness import LocalizeLaunch, NodeStartError, run_localize
 
@@ -31,7 +32,7 @@ SIGPIPE_STATUS = 128 + 13  # what a shell reports for a process killed by SIGPIP
 
 
 def cli_env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "training"),
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE_ROOT), str(REPO / "training"),
                                                          os.environ.get("PYTHONPATH", "")])}
 
 
@@ -61,7 +62,7 @@ def test_node_refuses_a_wrongly_typed_parameter_with_one_line(repo, tmp_path, na
                                                              with_params_file):
     log = tmp_path / "node.log"
     launch = LocalizeLaunch({"map_path": "/nowhere", name: value}, namespace="/bad",
-                            params_file=repo / "config" / "localize.yaml" if with_params_file else None,
+                            params_file=PACKAGE_ROOT / "config" / "localize.yaml" if with_params_file else None,
                             own_process=True, log_path=log)
     with pytest.raises(NodeStartError, match="exited with code 2"), run_localize(launch, ready_timeout=30):
         pass

@@ -9,18 +9,19 @@ import pytest
 from vpr_ros.config import ConfigError, config_from_dict, flatten_config, load_config, unflatten
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.map_builder import BuildMapConfig
+from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.tools.render_configs import CONFIG_FILES, rendered
 
 
 def test_config_files_match_dataclass_defaults(repo: Path):
     for name, text in rendered().items():
-        assert (repo / "config" / name).read_text() == text, f"config/{name} is stale: run `make config`"
+        assert (PACKAGE_ROOT / "config" / name).read_text() == text, f"config/{name} is stale: run `make config`"
 
 
 @pytest.mark.parametrize("name", sorted(CONFIG_FILES))
 def test_shipped_config_files_load_to_defaults(repo: Path, name: str):
     cls = CONFIG_FILES[name][0]
-    assert load_config(cls, repo / "config" / name, node_name="whatever") == cls()
+    assert load_config(cls, PACKAGE_ROOT / "config" / name, node_name="whatever") == cls()
 
 
 def test_unknown_key_names_it_and_lists_the_valid_ones():

@@ -17,6 +17,7 @@ features   max |diff| < 2e-3           block-10 features reach ~40; observed ~3e
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ if str(REPO / "training") not in sys.path:
 
 pytestmark = pytest.mark.torch
 
+from vpr_ros.core.encoders.model_card import ModelCard  # noqa: E402
 from vpr_ros.core.files import sha256_file  # noqa: E402
+from vpr_ros.core.paths import PACKAGE_ROOT  # noqa: E402
 from vpr_training.backbones.efficientnet_lite import EfficientNetLite0, load_pretrained_lite0  # noqa: E402
 from vpr_training.export import default_encoder as de  # noqa: E402
 
@@ -51,6 +54,7 @@ TOKYO_PLAUSIBLE = {
     "grocery store",
 }
 N_CORRIDOR = 4
+SHIPPED_MODEL = PACKAGE_ROOT / "models" / "efficientnet_lite0_b10.onnx"
 
 
 def corridor_images() -> list[Path]:
@@ -153,6 +157,12 @@ class TestEncoderParity:
         de.export_backbone_onnx(model, again, block=10)
         assert sha256_file(again) == sha256_file(exported["backbone"])
 
+    def test_shipped_model_is_this_export(self, exported: dict[str, Path]) -> None:
+        """The tracked default model is what this code exports from the pinned weights, byte for byte."""
+        card = ModelCard.load(SHIPPED_MODEL.with_suffix(".yaml"))
+        assert sha256_file(exported["backbone"]) == card.onnx_sha256 == sha256_file(SHIPPED_MODEL), \
+            "the shipped model is not what the exporter builds: run `make models` and commit the result"
+
 
 class TestExportCli:
     def test_writes_model_and_card(self, tmp_path: Path) -> None:
@@ -172,6 +182,14 @@ class TestExportCli:
         assert card["output"] == {"name": "features", "channels": 112, "stride": 16}
         assert card["parity"]["images"] == 2 and card["parity"]["max_abs_diff"] < FEATURES_MAX_ABS
 
+    def test_rebuilding_the_shipped_model_leaves_model_and_card_untouched(self, tmp_path: Path) -> None:
+        """``make models`` on a checkout: same ONNX, so no new ``created`` date in the tracked card."""
+        for path in (SHIPPED_MODEL, SHIPPED_MODEL.with_suffix(".yaml")):
+            shutil.copy2(path, tmp_path / path.name)
+        before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()}
+        assert de.main(["--out-dir", str(tmp_path)]) == 0
+        assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.iterdir()} == before
+
     def test_missing_weights_exits_nonzero(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -182,3 +200,39 @@ class TestExportCli:
         assert de.main(["--out-dir", str(tmp_path)]) != 0
         assert "weights not found" in capsys.readouterr().err
         assert not list(tmp_path.iterdir())
+
+
+class TestInstallModel:
+    """Which rebuilds replace the model and its card (no torch export needed: a stand-in file and card)."""
+
+    @staticmethod
+    def card_for(onnx: Path, description: str = "stand-in", parity: float = 1e-4) -> ModelCard:
+        return ModelCard.build(id="stand_in", kind="backbone", description=description, onnx_file="stand_in.onnx",
+                               onnx_sha256=sha256_file(onnx), opset=17, output_name="features", channels=8,
+                               stride=16, default_size=(480, 640), sections={"parity": {"max_abs_diff": parity}})
+
+    def test_only_a_new_graph_or_a_new_description_rewrites(self, tmp_path: Path) -> None:
+        out, scratch = tmp_path / "out", tmp_path / "out" / ".scratch"
+        scratch.mkdir(parents=True)
+        (scratch / "stand_in.onnx").write_bytes(b"graph one")
+        assert de.install_model(scratch / "stand_in.onnx", self.card_for(scratch / "stand_in.onnx"), out)
+        card_text = (out / "stand_in.yaml").read_text()
+        assert (out / "stand_in.onnx").read_bytes() == b"graph one" and not (scratch / "stand_in.onnx").exists()
+        assert (out / "stand_in.onnx").stat().st_mode & 0o777 == 0o644 == (out / "stand_in.yaml").stat().st_mode & 0o777
+
+        # Same graph, parity measured again (and a new time stamp): nothing is written.
+        (scratch / "stand_in.onnx").write_bytes(b"graph one")
+        remeasured = self.card_for(scratch / "stand_in.onnx", parity=2e-4)
+        assert not de.install_model(scratch / "stand_in.onnx", remeasured, out)
+        assert (out / "stand_in.yaml").read_text() == card_text
+
+        # Same graph, another description: the card is rewritten.
+        described = self.card_for(scratch / "stand_in.onnx", description="another")
+        assert de.install_model(scratch / "stand_in.onnx", described, out)
+        assert "another" in (out / "stand_in.yaml").read_text()
+
+        # Another graph: both are replaced.
+        (scratch / "stand_in.onnx").write_bytes(b"graph two")
+        assert de.install_model(scratch / "stand_in.onnx", self.card_for(scratch / "stand_in.onnx"), out)
+        assert (out / "stand_in.onnx").read_bytes() == b"graph two"
+        assert ModelCard.load(out / "stand_in.yaml").onnx_sha256 == sha256_file(out / "stand_in.onnx")

@@ -1,4 +1,5 @@
-"""The package layout holds: no import cycle in vpr_ros, a ROS-free core / io / eval / cli, torch only in training.
+"""The package layout holds: no import cycle in vpr_ros, a ROS-free core / io / eval / cli, torch and onnx only in
+training.
 
 The graph is read from the source (``ast``), every ``import`` at any depth, so an import hidden inside a
 function to dodge a cycle still counts as an edge.
@@ -7,13 +8,14 @@ function to dodge a cycle still counts as an edge.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vpr_ros"
+PACKAGE = Path(__file__).resolve().parents[1] / "ros" / "vpr_ros" / "vpr_ros"
 ROS_MODULES = ("rclpy", "sensor_msgs", "geometry_msgs", "std_msgs", "nav_msgs", "std_srvs", "diagnostic_msgs",
                "rcl_interfaces", "builtin_interfaces", "visualization_msgs", "lifecycle_msgs", "launch", "launch_ros")
 
@@ -114,10 +116,31 @@ def test_ros_free_layers_import_no_ros(layer: str) -> None:
     assert not offenders, "\n".join(offenders)
 
 
-def test_only_training_imports_torch() -> None:
+#: Never imported by vpr_ros: torch is for training only, and ``onnx`` has no rosdep key (the node runs ONNX
+#: files with ONNX Runtime; the graphs it needs ship as files, written by vpr_training.export.matching_graphs).
+TRAINING_ONLY = ("torch", "torchvision", "onnx")
+
+
+def test_only_training_imports_torch_or_onnx() -> None:
     offenders = [f"{module_name(p)} imports {t}" for p in sorted(PACKAGE.rglob("*.py"))
-                 for t, _ in imports_of(p) if t.split(".")[0] in ("torch", "torchvision")]
+                 for t, _ in imports_of(p) if t.split(".")[0] in TRAINING_ONLY]
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_node_and_the_clis_load_neither_torch_nor_onnx() -> None:
+    """What the node and the command-line tools import at start, and the patch matcher once it has run."""
+    code = ("import sys, numpy as np\n"
+            "import vpr_ros.nodes.localize, vpr_ros.nodes.harness, vpr_ros.cli.build_map, vpr_ros.cli.evaluate\n"
+            "import vpr_ros.cli.convert\n"
+            "from vpr_ros.core.patchnetvlad.matching import nearest_patches\n"
+            "for encoding, dtype in (('float32', np.float32), ('float16', np.float16), ('int8', np.uint8)):\n"
+            "    nearest_patches(np.eye(4, 8, dtype=np.float32), np.ones((2, 3, 8), dtype), encoding)\n"
+            f"print(','.join(m for m in {TRAINING_ONLY!r} if m in sys.modules))")
+    path = [str(PACKAGE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]  # this checkout's vpr_ros
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=env).stdout.strip()
+    assert loaded == "", f"the node's modules loaded {loaded}"
 
 
 def test_reading_frames_loads_no_engine() -> None:

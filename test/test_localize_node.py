@@ -10,7 +10,14 @@ import pytest
 from sensor_msgs.msg import Image
 
 from vpr_ros.core.image import load_rgb
-from vpr_ros.nodes.harness import LocalizeLaunch, NodeStartError, run_localize
+from vpr_ros.core.paths import PACKAGE_ROOT
+from vpr_ros.nodes.harness import (
+    LocalizeLaunch,
+    NodeStartError,
+    change_lifecycle_state,
+    get_lifecycle_state,
+    run_localize,
+)
 from vpr_ros.nodes.messages import stamp_to_msg
 from vpr_ros.nodes.replay import jpeg_to_compressed_msg, rgb_to_image_msg
 
@@ -71,19 +78,24 @@ def test_bad_inputs_are_reported_and_node_keeps_running(start_localize, corridor
     assert raw.node.localizer is not None and comp.node.localizer is not None
 
 
-def test_missing_map_is_reported_and_reload_recovers(start_localize, corridor_map, corridor, tmp_path):
+def test_missing_map_is_reported_and_configure_recovers(start_localize, corridor_map, corridor, tmp_path):
+    """A map that is not there fails the autostart's configure: the node stays unconfigured, says why on
+    /diagnostics, refuses ~/reload_map, and a later configure + activate (lifecycle) picks the map up."""
     later = tmp_path / "map_built_later"
     late = start_localize(later, "/late", require_map=False)
     client = late.client
     d = client.wait_for_diagnostic(lambda d: d["level"] == "2")
     assert d is not None, client.latest_diagnostic()
     assert "no map loaded" in d["message"] and "does not exist" in d["message"]
-    client.publish(rgb_to_image_msg(load_rgb(corridor / "query" / "0000005.jpg"), 1.0))
-    assert client.wait_for_diagnostic(lambda d: int(d.get("errors_no_map", 0)) >= 1) is not None
+    assert d["lifecycle_state"] == "unconfigured" and get_lifecycle_state(client, "/late/localize") == "unconfigured"
+    assert client.image_pub.get_subscription_count() == 0  # unconfigured: no subscriptions
+    refused = client.trigger("reload_map", timeout=30)
+    assert refused is not None and not refused.success and "unconfigured" in refused.message, refused
 
     shutil.copytree(corridor_map, later)
-    response = client.trigger("reload_map", timeout=60)
-    assert response is not None and response.success, response
+    assert change_lifecycle_state(client, "/late/localize", "configure")
+    assert change_lifecycle_state(client, "/late/localize", "activate")
+    assert client.wait_until_ready(30)
     answer = client.send_and_wait(rgb_to_image_msg(load_rgb(corridor / "query" / "0000060.jpg"), 2.0), 30)
     assert answer is not None and abs(int(answer.ref_ids[0]) - 60) <= 2
     assert late.node.map_error == ""
@@ -94,7 +106,7 @@ def test_node_executable_runs_with_params_file(repo, corridor_map, default_model
     log = tmp_path / "node.log"
     launch = LocalizeLaunch({"map_path": str(corridor_map), "localizer.encoder.model": str(default_model),
                              "image_transport": "compressed"}, namespace="/exe",
-                            params_file=repo / "config" / "localize.yaml", own_process=True, log_path=log)
+                            params_file=PACKAGE_ROOT / "config" / "localize.yaml", own_process=True, log_path=log)
     with run_localize(launch, client_name="exe_client") as exe:
         for qi in (10, 50, 90):
             jpeg = (corridor / "query" / f"{qi:07d}.jpg").read_bytes()
@@ -107,7 +119,7 @@ def test_node_executable_runs_with_params_file(repo, corridor_map, default_model
 def test_invalid_parameter_exits_with_clear_message(repo, tmp_path):
     log = tmp_path / "node.log"
     launch = LocalizeLaunch({"map_path": "/nowhere", "localizer.top_k": 0}, namespace="/bad",
-                            params_file=repo / "config" / "localize.yaml", own_process=True, log_path=log)
+                            params_file=PACKAGE_ROOT / "config" / "localize.yaml", own_process=True, log_path=log)
     with pytest.raises(NodeStartError, match="exited with code 2"), run_localize(launch, ready_timeout=60):
         pass
     assert "localizer.top_k: 0 is below the minimum 1" in log.read_text()

@@ -6,11 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from rclpy.serialization import deserialize_message, serialize_message
+from vpr_ros_interfaces.msg import LoopClosure as LoopClosureMsg
 
 from vpr_ros.core.frames import FrameTable
 from vpr_ros.core.localizer import Hypothesis
 from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
-from vpr_ros.nodes.messages import loop_closure_from_msg, loop_closure_to_msg, stamp_from_msg
+from vpr_ros.nodes.messages import loop_closure_to_msg, stamp_from_msg
 
 N = 50
 
@@ -88,7 +90,7 @@ def test_incomplete_sequences_and_confidence_scores():
                               table, confidence_radius=4.0)
     # d1 = 0.2, competitor outside 4 m is row 30 (row 11 is 2 m away): d2 = 0.8 -> confidence 0.75
     c = by_conf.update(hyp(table, 100.0, [10, 11, 30], [0.8, 0.79, 0.2]))
-    assert c is not None and c.score == pytest.approx(0.75, abs=1e-6)
+    assert c is not None and c.confidence == pytest.approx(0.75, abs=1e-6) and c.score == pytest.approx(0.8)
     assert by_conf.update(hyp(table, 101.0, [11, 31], [0.8, 0.7])) is None  # confidence 1 - 0.2/0.3 < 0.5
 
 
@@ -100,13 +102,19 @@ def test_reset_forgets_the_history():
     assert gate.update(hyp(table, 101.0, [11], [0.5])) is None and gate.consecutive == 1
 
 
-def test_loop_closure_message_round_trip_is_lossless():
-
+def test_loop_closure_message_carries_the_keyframe_and_an_uninformative_relative_pose():
     table = frames()
     gate = LoopClosureGate(dataclasses.replace(CFG, min_consecutive=1), table, confidence_radius=4.0)
-    c = gate.update(hyp(table, 1_700_000_123.456789, [17], [0.4321]))
-    msg = loop_closure_to_msg(c, "map")
-    row = loop_closure_from_msg(msg)[0]
-    assert msg.header.frame_id == "map" and stamp_from_msg(msg.header.stamp) == pytest.approx(c.stamp, abs=1e-6)
-    assert row["ref_id"] == 1017 and row["ref_stamp"] == 17.0 and row["x"] == 34.0 and row["qw"] == 1.0
-    assert row["score"] == np.float32(0.4321) and msg.width == 1
+    c = gate.update(hyp(table, 1_700_000_123.456789, [17, 40], [0.4321, 0.1]))
+    msg = deserialize_message(serialize_message(loop_closure_to_msg(c, "map", "camera_optical")), LoopClosureMsg)
+    assert msg.header.frame_id == "map" and msg.query_frame_id == "camera_optical"
+    assert stamp_from_msg(msg.header.stamp) == pytest.approx(c.stamp, abs=1e-6) and msg.query_stamp == msg.header.stamp
+    assert msg.keyframe_id == 1017 and stamp_from_msg(msg.keyframe_stamp) == 17.0
+    assert msg.keyframe_pose.position.x == 34.0 and msg.keyframe_pose.orientation.w == 1.0
+    assert msg.keyframe_pose_known and msg.keyframe_orientation_known
+    assert msg.score == np.float32(0.4321) and 0.0 < msg.confidence <= 1.0
+    assert not msg.verified and not msg.metric and msg.inliers == 0
+    covariance = np.array(msg.relative_pose.covariance).reshape(6, 6)
+    assert np.array_equal(covariance, np.diag([LoopClosureMsg.UNINFORMATIVE_TRANSLATION_VARIANCE] * 3
+                                              + [LoopClosureMsg.UNINFORMATIVE_ROTATION_VARIANCE] * 3))
+    assert msg.relative_pose.pose.orientation.w == 1.0 and msg.relative_pose.pose.position.x == 0.0

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from vpr_ros.core.paths import PACKAGE_ROOT
+
 REPO = Path(__file__).resolve().parents[1]
 #: Seconds the node keeps running after its first answer (the telemetry lookup came ~9 s after the import).
 QUIET_AFTER_ANSWER_S = 12.0
@@ -42,6 +44,7 @@ import csv, sys, time
 from pathlib import Path
 from vpr_ros.core.image import load_rgb
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.core.paths import PACKAGE_ROOT
 from vpr_ros.io.images import folder_source
 from vpr_ros.nodes.harness import LocalizeLaunch, run_localize
 from vpr_ros.nodes.replay import rgb_to_image_msg
@@ -134,7 +137,7 @@ def test_encoder_leaves_no_telemetry_state_on_disk(default_model: Path, tmp_path
     """The uploader's first trace on disk: a device id and an event cache under $XDG_CACHE_HOME (checked without
     ptrace, so every machine checks that the switch is set before ONNX Runtime is imported)."""
     env = {k: v for k, v in os.environ.items() if k not in OUTSIDE_SWITCHES}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
     code = ("import sys; from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder; "
             "OnnxEncoder(EncoderConfig(model=sys.argv[1], threads=1))")
@@ -150,7 +153,7 @@ def test_node_opens_no_socket_off_the_machine(corridor: Path, default_model: Pat
     assert strace is not None, ("strace is missing although this machine allows tracing: .ci/run installs it "
                                 "(apt-get install strace); install it the same way")
     env = {k: v for k, v in os.environ.items() if k not in OUTSIDE_SWITCHES}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
     trace_path = tmp_path / "network.strace"
     work = tmp_path / "work"
     work.mkdir()

@@ -36,6 +36,9 @@ RESULTS = REPO / "bench" / "results"
 #: space matches any run of whitespace, so re-wrapping README.md does not matter).
 NOT_MEASURED: tuple[str, ...] = (
     "about 6 GB (torch)",                        # install size of the pinned wheels, not a result
+    "efficientnet_lite0_b10.onnx`, 2.8 MB",      # size of the shipped file
+    "(1e12)",                                    # LoopClosure.msg constant
+    "ros/rosdistro at 8468e88c",                 # commit of the rosdep snapshot
     "enlarged at most 2x",                       # max_upscale default
     "enlarged 2x",                               # the same rule applied to 64x32 Nordland frames
     "0.25 m / 2°, 0.5 m / 5° and 5 m / 10°",     # RobotCar Seasons pose bins (published)

@@ -135,3 +135,11 @@ def test_other_faiss_factories(tmp_path: Path, factory: str):
     again = ReferenceMap.load(tmp_path / "map")
     _, idx = again.search(m.descriptors[:20], 1)
     assert (idx[:, 0] == np.arange(20)).mean() >= 0.9
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    from vpr_ros.core.files import atomic_write_bytes, current_umask
+
+    path = atomic_write_bytes(tmp_path / "frames.csv", b"id\n")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert path.stat().st_mode & 0o044  # readable by group and others under the usual umask 022

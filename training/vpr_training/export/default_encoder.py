@@ -5,6 +5,11 @@ B/H/W, normalisation inside the graph; output ``features``) and its model card
 ``<out-dir>/efficientnet_lite0_b<block>.yaml`` with checksums, the torch-vs-ONNX-Runtime parity measured on
 real images, and ImageNet top-5 evidence that the weights are wired correctly.
 
+The export is byte-deterministic, so rebuilding the shipped model (``make models``) normally reproduces it:
+when the new ONNX file has the checksum of the one in place and the card differs only in what is measured
+again on each run (``MEASURED_KEYS``: the export time and the torch-vs-ONNX-Runtime parity, which varies
+with the thread count), both files are left untouched.
+
 Usage::
 
     vpr-export-default-encoder --out-dir models            # or: python -m vpr_training.export.default_encoder
@@ -16,6 +21,7 @@ import argparse
 import glob
 import importlib.util
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
@@ -58,6 +65,9 @@ CENTRE_CROP_FRACTION = 0.875
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CHECK_DIR = Path("data/corridor/ref")
 DEFAULT_CHECK_GLOB = f"{DEFAULT_CHECK_DIR}/*.jpg"
+#: Card entries that a rebuild measures again rather than derives from the graph: a difference in these alone
+#: does not rewrite a card whose ONNX file is unchanged.
+MEASURED_KEYS = ("created", "parity")
 
 
 def _log(msg: str) -> None:
@@ -222,6 +232,32 @@ def build_card(
     )
 
 
+def install_model(new_onnx: Path, card: ModelCard, out_dir: Path) -> bool:
+    """Move ``new_onnx`` and write ``card`` into ``out_dir``, unless the model there is the same.
+
+    The same: the ONNX file in place has the new checksum and its card differs from ``card`` only in
+    :data:`MEASURED_KEYS`. Then nothing is written (no new ``created`` date in a tracked file); returns
+    whether the files were written.
+    """
+    onnx_path = out_dir / new_onnx.name
+    card_path = out_dir / f"{Path(card.onnx_file).stem}.yaml"
+    if onnx_path.is_file() and card_path.is_file() and sha256_file(onnx_path) == card.onnx_sha256:
+        old = yaml.safe_load(card_path.read_text())
+        if isinstance(old, dict) and _without_measurements(old) == _without_measurements(card.raw):
+            return False
+    new_onnx.replace(onnx_path)  # same folder (the caller's scratch space is inside out_dir): atomic
+    write_model_card(card_path, card)  # atomic: never half-written
+    for path in (onnx_path, card_path):
+        path.chmod(0o644)  # shipped and installed files: readable by everyone (temporary files are 0600)
+    return True
+
+
+def _without_measurements(raw: dict[str, Any]) -> dict[str, Any]:
+    # Through YAML, so tuples and lists (and other plain-type differences of a fresh card) compare equal.
+    plain = yaml.safe_load(yaml.safe_dump(raw))
+    return {k: v for k, v in plain.items() if k not in MEASURED_KEYS}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vpr-export-default-encoder",
@@ -262,8 +298,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = load_pretrained_lite0()
 
     model_id = f"efficientnet_lite0_b{args.block}"
-    onnx_path = args.out_dir / f"{model_id}.onnx"
-    _log(f"exporting block {args.block} ({channels} ch, stride {stride}), opset {args.opset}: {onnx_path}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    # Exported beside the destination first: it replaces the model in place only if it differs (install_model).
+    with tempfile.TemporaryDirectory(prefix=f".{model_id}.", dir=args.out_dir) as scratch:
+        status = _export_and_check(args, model, weights_path, model_id, Path(scratch), channels, stride)
+    _log(f"done in {time.perf_counter() - start:.1f} s")
+    return status
+
+
+def _export_and_check(args: argparse.Namespace, model: EfficientNetLite0, weights_path: Path, model_id: str,
+                      scratch: Path, channels: int, stride: int) -> int:
+    """Export into ``scratch``, measure parity and ImageNet sanity, then install into ``args.out_dir``."""
+    onnx_path = scratch / f"{model_id}.onnx"
+    _log(f"exporting block {args.block} ({channels} ch, stride {stride}), opset {args.opset}")
     export_backbone_onnx(model, onnx_path, args.block, args.opset)
     _log("onnx.checker: ok")
 
@@ -308,9 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parity_stats=parity_stats,
         sanity=sanity,
     )
-    card_path = write_model_card(args.out_dir / f"{model_id}.yaml", card)  # atomic: never half-written
-    _log(f"wrote {card_path} and {onnx_path.name} (sha256 {card.onnx_sha256[:12]}...)")
-    _log(f"done in {time.perf_counter() - start:.1f} s")
+    if install_model(onnx_path, card, args.out_dir):
+        _log(f"wrote {args.out_dir / model_id}.onnx and .yaml (sha256 {card.onnx_sha256[:12]}...)")
+    else:
+        _log(f"unchanged: {args.out_dir / model_id}.onnx is this export (sha256 {card.onnx_sha256[:12]}...); "
+             "model and card left as they were")
     return 0
 
 

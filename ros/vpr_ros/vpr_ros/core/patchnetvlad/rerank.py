@@ -1,0 +1,249 @@
+"""Patch-NetVLAD re-ranking of retrieved candidates (Hausler et al., CVPR 2021): the ``rerank`` stage.
+
+The FAISS top-k (``rerank.candidates``, 100 by default) is re-ordered by how well the query's patches
+match each candidate's stored patches: mutual nearest neighbours (eq. 3), then the rapid spatial score
+(eq. 4) or the RANSAC score per patch size, fused over sizes (eq. 5). The fused score, in [0, 1], replaces
+the retrieval similarity as the candidate's score; the published list keeps the best ``top_k``.
+
+Which patches exist is decided when the map is built (:class:`PatchStoreConfig`); ``rerank.method``
+names the configuration the localizer expects. ``auto`` takes whatever the map stores; a named method the
+map does not store (other sizes, strides or dimension) is refused at start with a message that says how
+the map was built and how to rebuild it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vpr_ros.config import setting
+from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, patch_descriptors
+from vpr_ros.core.patchnetvlad.matching import nearest_patches
+from vpr_ros.core.patchnetvlad.presets import PRESETS, SCORERS
+from vpr_ros.core.patchnetvlad.scoring import (
+    FUSIONS,
+    PatchMatches,
+    fuse_scales,
+    ransac_scores,
+    rapid_spatial_score_bound,
+    rapid_spatial_scores,
+)
+from vpr_ros.core.patchnetvlad.store import (
+    SECTION,
+    PatchSpec,
+    PatchStoreConfig,
+    check_store,
+    decode,
+    resolve_spec,
+)
+from vpr_ros.core.refmap import MapError, ReferenceMap
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    """Patch-NetVLAD re-ranking of the retrieved candidates."""
+
+    method: str = setting(
+        "auto", "auto = re-rank with the patches the map stores (global retrieval only if it stores none); "
+        "none = global retrieval only; performance / balanced / speed / storage = that configuration, "
+        "which the map must store (else it is refused at start)", choices=("auto", "none", *PRESETS))
+    candidates: int = setting(100, "candidates retrieved from the global index and re-ranked (at least "
+                              "top_k are); the best top_k are published", min=1)
+    scorer: str = setting("auto", "auto = the configuration's (RANSAC for performance, rapid spatial score "
+                          "otherwise); rapid (eq. 4) or ransac (homography inliers)", choices=("auto", *SCORERS))
+    fusion: str = setting("zscore", "multi-scale fusion (eq. 5): zscore = standardise each size's scores over "
+                          "the candidates first, as the authors' code does; convex = eq. 5 as written",
+                          choices=FUSIONS)
+    ransac_tolerance: float = setting(1.0, "RANSAC inlier tolerance in patch strides (paper: 1; the official "
+                                      "code uses 1.5)", min=0.0)
+    strategy: str = setting("auto", "query patch projection: direct, shared or auto (same result)",
+                            choices=STRATEGIES)
+    threads: int = setting(0, "ONNX Runtime threads for patch matching (0 = one per core)", min=0)
+
+
+def stored_spec(refmap: ReferenceMap) -> PatchSpec | None:
+    """The patch store a map describes in its manifest, checked against its arrays (None if it has none)."""
+    section = refmap.sections.get(SECTION)
+    if not section:
+        return None
+    spec = PatchSpec.from_section(section, where="map manifest")
+    try:
+        check_store(spec, refmap.arrays, len(refmap), where="map")
+    except ValueError as exc:
+        raise MapError(str(exc)) from None
+    return spec
+
+
+def resolve_method(refmap: ReferenceMap, config: RerankConfig) -> PatchSpec | None:
+    """The patch store to re-rank with, or None; MapError when the method asks for patches the map lacks."""
+    stored = stored_spec(refmap)
+    if config.method == "none" or (config.method == "auto" and stored is None):
+        return None
+    if config.method == "auto":
+        return stored
+    rebuild = f"rebuild the map with `build_map ... --set patches.preset={config.method}`"
+    if stored is None:
+        raise MapError(f"localizer.rerank.method={config.method} needs a map with Patch-NetVLAD patches, but this "
+                       f"map stores none (built with patches.preset=none); {rebuild}, or set "
+                       "localizer.rerank.method=none")
+    if refmap.head is None:
+        raise MapError("the map has no VLAD head to compute query patches with")
+    expected = resolve_spec(PatchStoreConfig(preset=config.method), stored.feature_hw, stored.grids[0].pixel_stride,
+                            refmap.head)
+    assert expected is not None
+    if not expected.same_patches(stored):
+        raise MapError(f"localizer.rerank.method={config.method} needs patches ({expected.describe()}) but the map "
+                       f"stores {stored.describe()}; {rebuild}, or set localizer.rerank.method=auto to use what "
+                       "the map stores")
+    return PatchSpec(config.method, stored.grids, expected.weights, stored.dim, stored.encoding)
+
+
+@dataclass
+class RerankResult:
+    """Re-ranked candidates, best first.
+
+    Shape:
+        order: (k,) positions into the input candidate list; scores: (k,) fused patch scores in [0, 1];
+        per_scale: (k, S) per-size scores in [0, 1]; weights: (S,) effective fusion weights.
+    """
+
+    order: np.ndarray
+    scores: np.ndarray
+    per_scale: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass
+class PatchCorrespondences:
+    """The mutual nearest-neighbour patch pairs (eq. 3) of a query and one map frame at one patch size: what the
+    re-ranker matched, for drawing (:meth:`Reranker.explain`).
+
+    Patch centres are in pixels (x, y) of the network input (``input_hw``, the map's input size); both images
+    are resized to it without cropping, so :meth:`centres_in` maps them to any image size by scaling alone.
+
+    Shape:
+        query_patches / ref_patches: (M,) int64 row-major patch indices on ``grid``, strongest pair first;
+        similarity: (M,) float32 dot product of each pair's L2-normalised descriptors (stored codes decoded).
+    """
+
+    row: int
+    grid: PatchGrid
+    input_hw: tuple[int, int]
+    query_patches: np.ndarray
+    ref_patches: np.ndarray
+    similarity: np.ndarray
+    n_query: int
+
+    def __len__(self) -> int:
+        return int(self.query_patches.shape[0])
+
+    @property
+    def patch_size_px(self) -> int:
+        """Side of one patch in network-input pixels."""
+        return self.grid.size * self.grid.pixel_stride
+
+    def centres_in(self, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(M, 2) float64 query and reference patch centres in pixels of an image of ``image_hw`` = (h, w).
+
+        A patch starting at feature cell j covers input pixels [pixel_stride j, pixel_stride (j + size)), so
+        its centre is ``pixel_stride (j + size / 2) - 0.5`` in input pixels (pixel centres at integers); the
+        resize to (h, w) maps input coordinate u to ``(u + 0.5) * w / input_w - 0.5``.
+        """
+        grid = self.grid
+        start = grid.grid_indices().astype(np.float64) * grid.stride                   # (n_p, 2) cells (x, y)
+        centres = grid.pixel_stride * (start + grid.size / 2.0)                        # input px, edge-based
+        scale = np.array([image_hw[1] / self.input_hw[1], image_hw[0] / self.input_hw[0]])
+        in_image = centres * scale - 0.5
+        return in_image[self.query_patches], in_image[self.ref_patches]
+
+
+class Reranker:
+    """Re-ranks a query's candidates by Patch-NetVLAD patch matching against a map's patch store.
+
+    The localizer builds one for a map with a patch store and re-ranks each query's retrieval candidates::
+
+        reranker = Reranker(refmap, spec, RerankConfig())
+        result = reranker.rerank(query_features, candidate_rows)   # RerankResult: order, scores, per_scale
+    """
+
+    def __init__(self, refmap: ReferenceMap, spec: PatchSpec, config: RerankConfig | None = None) -> None:
+        if refmap.head is None:
+            raise MapError("Patch-NetVLAD re-ranking needs the map's VLAD head")
+        self.refmap = refmap
+        self.spec = spec
+        self.config = config or RerankConfig()
+        preset = PRESETS.get(spec.preset)
+        self.scorer = self.config.scorer if self.config.scorer != "auto" else (preset.scorer if preset else "rapid")
+        self.stores = [refmap.arrays[spec.array_name(g)] for g in spec.grids]
+        self.grid_indices = [g.grid_indices() for g in spec.grids]
+        self.centres = [g.centres() for g in spec.grids]
+        self.bounds = [rapid_spatial_score_bound((g.cols - 1, g.rows - 1)) for g in spec.grids]
+
+    def query_patches(self, features: np.ndarray) -> list[np.ndarray]:
+        """Query feature map (1, D, h, w) -> per patch size (n_p, P) float32 descriptors."""
+        return [p[0] for p in patch_descriptors(features, self.refmap.head, self.spec.grids, self.spec.dim,
+                                                 self.config.strategy)]
+
+    def scale_scores(self, query: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """(B, S) per-size scores in [0, 1] of map rows ``rows`` against the query patches."""
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = np.zeros((len(rows), len(self.spec.grids)))
+        if len(rows) == 0:
+            return scores
+        # Gather in ascending row order (sequential reads of the memory-mapped store, one copy), match, and
+        # put the small per-candidate results back in the caller's order.
+        order = np.argsort(rows, kind="stable")
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        for s, grid in enumerate(self.spec.grids):
+            sorted_matches = nearest_patches(query[s], np.asarray(self.stores[s][rows[order]]), self.spec.encoding,
+                                             self.config.threads)
+            matches = PatchMatches(sorted_matches.nearest_query[inverse], sorted_matches.mutual[inverse],
+                                   sorted_matches.n_query)
+            if self.scorer == "ransac":
+                tolerance = self.config.ransac_tolerance * grid.stride * grid.pixel_stride
+                scores[:, s] = ransac_scores(matches, self.centres[s], self.centres[s], tolerance)
+            else:
+                rapid = rapid_spatial_scores(matches, self.grid_indices[s], self.grid_indices[s])
+                scores[:, s] = rapid / self.bounds[s]
+        return scores
+
+    def explain(self, features: np.ndarray, row: int, scale: int | None = None) -> PatchCorrespondences:
+        """The patch pairs :meth:`scale_scores` matches between the query and map row ``row``, at one patch size.
+
+        For debug views only (one candidate, one size, not on the localization path): the query patches of
+        that size are computed again and matched with the same kernel and store codes as in re-ranking.
+
+        Args:
+            features: query feature map (1, D, h, w).
+            row: map row of the candidate.
+            scale: index into the map's patch sizes; None = the size with the largest fusion weight.
+        """
+        if scale is None:
+            scale = int(np.argmax(self.spec.weights))
+        if not 0 <= scale < len(self.spec.grids):
+            raise ValueError(f"patch scale {scale} out of range: the map stores {len(self.spec.grids)} size(s)")
+        if not 0 <= row < len(self.refmap):
+            raise ValueError(f"map row {row} out of range: the map has {len(self.refmap)} frames")
+        grid = self.spec.grids[scale]
+        query = patch_descriptors(features, self.refmap.head, [grid], self.spec.dim, self.config.strategy)[0][0]
+        codes = np.asarray(self.stores[scale][row:row + 1])
+        matches = nearest_patches(query, codes, self.spec.encoding, self.config.threads)
+        ref_patches = np.flatnonzero(matches.mutual[0])
+        query_patches = matches.nearest_query[0, ref_patches]
+        scale_name = self.spec.array_name(grid) + "_scale"
+        frame_scale = self.refmap.arrays[scale_name][row:row + 1] if scale_name in self.refmap.arrays else None
+        refs = decode(codes, self.spec.encoding, frame_scale)[0]
+        similarity = np.einsum("mp,mp->m", query[query_patches], refs[ref_patches]).astype(np.float32)
+        order = np.argsort(-similarity, kind="stable")
+        return PatchCorrespondences(int(row), grid, (int(self.refmap.input_size[0]), int(self.refmap.input_size[1])),
+                                    query_patches[order].astype(np.int64), ref_patches[order].astype(np.int64),
+                                    similarity[order], int(query.shape[0]))
+
+    def rerank(self, features: np.ndarray, rows: np.ndarray) -> RerankResult:
+        """Re-order candidate map rows (best retrieval first) by fused patch score; ties keep retrieval order."""
+        per_scale = self.scale_scores(self.query_patches(features), rows)
+        fused, weights = fuse_scales(per_scale, np.asarray(self.spec.weights), self.config.fusion)
+        order = np.argsort(-fused, kind="stable")
+        return RerankResult(order, fused[order].astype(np.float32), per_scale[order], weights)
