@@ -97,7 +97,8 @@ class Hypothesis:
     method, ``scores`` are sequence scores, ``sequence_frames`` says how many frames the answer rests on
     (``sequence_complete`` once the buffer is full) and ``single`` is the single-frame answer of the same
     frame, for comparison. ``explanation`` holds the patch pairs matched with the best candidate, only when
-    asked for (``localize(..., explain=True)``, for debug views) and the map stores patches.
+    asked for (``localize(..., explain=True)``, for debug views) and the map stores patches. ``query`` is what the
+    encoder made of the image (set by :meth:`Localizer.localize`), e.g. for adding it to an online map.
     """
 
     stamp: float
@@ -112,6 +113,7 @@ class Hypothesis:
     sequence_complete: bool = True
     single: Hypothesis | None = None
     explanation: PatchCorrespondences | None = None
+    query: QueryFeatures | None = None
 
     @property
     def best_index(self) -> int:
@@ -337,6 +339,7 @@ class Localizer:
         with timer("encode"):
             query = self.encode(image)
         hyp = self.localize_features(query, stamp, travelled, timer)
+        hyp.query = query
         if explain and len(hyp.indices):
             hyp.explanation = self.explain(query, hyp.best_index)
         return hyp

@@ -118,6 +118,7 @@ class OnlineMapConfig:
     image_width: int = setting(0, "network input width for an empty map (0 = automatic, as image_height)", min=0)
     max_upscale: float = setting(2.0, "as build_map's max_upscale, for an empty map's automatic input size",
                                  min=1.0)
+    save_path: str = setting("", "map directory ~/save_map writes when its request names none (the localize node)")
     frame_id: str = setting("map", "coordinate frame of the keyframe poses (an empty map's; a prior map keeps its "
                             "own)")
     patches: PatchStoreConfig = section(PatchStoreConfig)

@@ -56,6 +56,7 @@ import functools
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,16 +78,19 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidates
-from vpr_ros_interfaces.srv import Localize
+from vpr_ros_interfaces.srv import Localize, SaveMap
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, flatten_config, unflatten
 from vpr_ros.core.debug_image import render_hypothesis
+from vpr_ros.core.encoders import make_encoder
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Hypothesis, Localizer
 from vpr_ros.core.loop_closure import LoopClosureGate
+from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.bags import load_frame_source
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.io.poses import PoseTable, interpolate_poses
 from vpr_ros.nodes.markers import LoopClosureLinks, MarkerStyle, delete_all_markers, frame_markers, keyframes_marker
 from vpr_ros.nodes.messages import (
     hypothesis_to_candidates,
@@ -231,8 +235,9 @@ class LocalizeNode(LifecycleNode):
         assignments = command_line_parameters([*command_line, *(kwargs.get("cli_args") or ())], self.get_name())
         self.config: LocalizeNodeConfig = declare_config_parameters(self, LocalizeNodeConfig, assignments,
                                                                     runtime_changeable)
-        if not self.config.map_path:
-            raise ConfigError("parameter map_path is required: the reference map directory made by build_map")
+        if self.config.map_mode == "fixed" and not self.config.map_path:
+            raise ConfigError("parameter map_path is required: the reference map directory made by build_map (or "
+                              "map_mode:=online to build the map as the robot drives)")
         self.stats = RuntimeStats()
         self.slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         # _pipeline_lock guards what a frame reads (config, localizer, gate); _frame_lock is held while one frame
@@ -245,6 +250,8 @@ class LocalizeNode(LifecycleNode):
         self.map_loads = 0
         self.frame_id = "map"
         self.odometry = OdometryTrack(timeout=self.config.localizer.sequence.odometry_timeout)
+        self.odometry_poses: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=4096)  # keyframe poses
+        self.online_map: OnlineMap | None = None
         self.loop_closures = 0
         self.debug_images = 0
         self.lifecycle_state = "unconfigured"  # the primary state, as the lifecycle services report it
@@ -260,6 +267,7 @@ class LocalizeNode(LifecycleNode):
         self.create_service(Trigger, "~/reload_map", self._on_reload)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Localize, "~/localize", self._on_localize)
+        self.create_service(SaveMap, "~/save_map", self._on_save_map)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics)
         self.add_pre_set_parameters_callback(self._numbers_as_declared)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -341,6 +349,7 @@ class LocalizeNode(LifecycleNode):
             self._outputs = None
         with self._pipeline_lock:
             self.localizer = None
+            self.online_map = None
             self.gate = None
             self.map_error = ""
 
@@ -350,7 +359,12 @@ class LocalizeNode(LifecycleNode):
         config = self.config
         try:
             t0 = time.perf_counter()
-            localizer = Localizer.from_paths(config.map_path, config.localizer, verify=config.verify_map)
+            online = None
+            if config.map_mode == "online":
+                online = self._open_online_map(config)
+                localizer = Localizer(online, online.encoder, config.localizer)
+            else:
+                localizer = Localizer.from_paths(config.map_path, config.localizer, verify=config.verify_map)
         except Exception as exc:
             self.map_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"cannot load map {config.map_path}: {self.map_error}")
@@ -361,6 +375,7 @@ class LocalizeNode(LifecycleNode):
             if localizer.config != config.localizer:
                 localizer.reconfigure(config.localizer)
             self.localizer = localizer
+            self.online_map = online
             self.gate = self._make_gate(config, localizer)
             self.frame_id = localizer.refmap.frame_id
             self._marker_style = MarkerStyle.for_map(localizer.refmap.frames.positions)
@@ -370,11 +385,21 @@ class LocalizeNode(LifecycleNode):
             self.map_error = ""
             self.map_loads += 1
         self.get_logger().info(
-            f"map {config.map_path}: {len(localizer.refmap)} frames, encoder {localizer.encoder.id} on "
+            f"map {config.map_path or '(empty)'} ({config.map_mode}): {len(localizer.refmap)} frames, "
+            f"encoder {localizer.encoder.id} on "
             f"{localizer.encoder.providers[0]}, input {localizer.width}x{localizer.height}, re-ranking: "
             f"{localizer.reranker.spec.describe() if localizer.reranker else 'off'}, "
             f"loaded in {time.perf_counter() - t0:.2f} s")
         return True
+
+    @staticmethod
+    def _open_online_map(config: LocalizeNodeConfig) -> OnlineMap:
+        """The keyframe map of online mode: the prior map at map_path grown further, or an empty one."""
+        encoder = make_encoder(config.localizer.encoder)
+        window = config.loop_closure.exclusion_window
+        if config.map_path:
+            return OnlineMap.from_map(config.map_path, encoder, config.online_map, exclusion_window=window)
+        return OnlineMap.empty(encoder, config.online_map, exclusion_window=window)
 
     @staticmethod
     def _make_gate(config: LocalizeNodeConfig, localizer: Localizer) -> LoopClosureGate | None:
@@ -456,8 +481,10 @@ class LocalizeNode(LifecycleNode):
 
     # ---- data path -------------------------------------------------------------------------------
     def _on_odometry(self, msg: Odometry) -> None:
-        p = msg.pose.pose.position
-        self.odometry.add(stamp_from_msg(msg.header.stamp), (p.x, p.y, p.z))
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        stamp = stamp_from_msg(msg.header.stamp)
+        self.odometry.add(stamp, (p.x, p.y, p.z))
+        self.odometry_poses.append((stamp, np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])))
 
     def _on_image(self, msg: Any) -> None:
         self.stats.on_received()
@@ -511,7 +538,12 @@ class LocalizeNode(LifecycleNode):
             outputs.candidates.publish(hypothesis_to_pose_array(hyp, self.frame_id))
             outputs.matches.publish(hypothesis_to_candidates(
                 hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices], localizer.reranker is not None))
+        online = self.online_map
+        if gate is not None and online is not None:
+            gate.frames = online.frames  # the map grows; the gate reads the stamps and poses of its rows
         closure = gate.update(hyp) if gate is not None else None
+        if online is not None and hyp.query is not None:
+            self._add_keyframe(online, hyp, stamp, msg.header.frame_id)
         if closure is not None:
             outputs.loop_closure.publish(loop_closure_to_msg(closure, self.frame_id, msg.header.frame_id))
             self.loop_closures += 1
@@ -521,6 +553,51 @@ class LocalizeNode(LifecycleNode):
             self._publish_debug_image(outputs, rgb, hyp, localizer, msg.header.stamp)
         if outputs.markers.get_subscription_count() > 0:
             outputs.markers.publish(frame_markers(hyp, self.frame_id, self.links, self._marker_style))
+
+    def _add_keyframe(self, online: OnlineMap, hyp: Hypothesis, stamp: float, camera_frame: str) -> int | None:
+        """Online mode: the frame joins the map when the keyframe spacing allows (after it was answered, so it
+        never matches itself); its pose is the odometry pose at its stamp (NaN without odometry)."""
+        pose = self.odometry_pose_at(stamp)
+        travelled = self.odometry.travelled_at(stamp)
+        return online.add(stamp, features=hyp.query.features, descriptor=hyp.query.global_descriptor, pose=pose,
+                          travelled=travelled, source=f"live:{self.get_namespace().rstrip('/')}/image@{stamp:.9f}",
+                          name=f"{camera_frame or 'camera'}_{stamp:.9f}")
+
+    def odometry_pose_at(self, stamp: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The odometry pose at ``stamp`` (interpolated; slerp for the orientation), or None when odometry does
+        not cover it (within the sequence's odometry_timeout)."""
+        history = list(self.odometry_poses)
+        if not history:
+            return None
+        table = PoseTable(names=[""] * len(history), stamps=np.array([h[0] for h in history]),
+                          positions=np.stack([h[1] for h in history]), orientations=np.stack([h[2] for h in history]))
+        positions, orientations, valid = interpolate_poses(table, np.array([stamp]),
+                                                           max_extrapolation=self.odometry.timeout)
+        return (positions[0], orientations[0]) if valid[0] else None
+
+    def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        """Write the online map in the build_map format (atomic, under the map lock)."""
+        online, config = self.online_map, self.config
+        path = request.path or config.online_map.save_path
+        if online is None:
+            response.success, response.message = False, (
+                "not in online mode (map_mode fixed)" if config.map_mode == "fixed"
+                else f"the node is {self.lifecycle_state}: no map loaded")
+        elif not path:
+            response.success, response.message = False, "no path: give one, or set online_map.save_path"
+        else:
+            try:
+                saved = online.save(path, overwrite=request.overwrite)
+            except Exception as exc:  # InputError (no keyframes, path exists), MapLockedError, OSError
+                response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+            else:
+                response.success, response.keyframes = True, len(online)
+                response.message = f"saved {len(online)} keyframes to {saved}"
+        if response.success:
+            self.get_logger().info(f"save_map: {response.message}")
+        else:  # rclpy wants one severity per logging call site
+            self.get_logger().error(f"save_map: {response.message}")
+        return response
 
     def _publish_debug_image(self, outputs: NodeOutputs, rgb: np.ndarray, hyp: Hypothesis, localizer: Localizer,
                              stamp: Any) -> None:
@@ -615,6 +692,9 @@ class LocalizeNode(LifecycleNode):
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
                   "map_path": self.config.map_path, "map_error": self.map_error, "last_error": s.last_error,
                   "loop_closures": self.loop_closures, "debug_images": self.debug_images}
+        online = self.online_map
+        if online is not None:
+            values.update(map_mode="online", keyframes=len(online), keyframes_refused=online.refused)
         sequence = localizer.sequence if localizer is not None else None
         if sequence is not None:
             values.update(sequence_method=sequence.config.method, sequence_buffered=len(sequence.buffer),

@@ -102,7 +102,8 @@ def hypothesis_to_candidates(hyp: Hypothesis, frame_id: str, ref_stamps: np.ndar
 class CandidateTable:
     """The columns of a PlaceCandidates message (for listeners such as the replay client and the evaluator).
 
-    Shape: ids (K,) int64; scores (K,) float32; positions (K, 3) float64, NaN where ``pose_known`` is false.
+    Shape: ids (K,) int64; scores (K,) float32; positions (K, 3) float64, NaN where ``pose_known`` is false;
+    ref_stamps (K,) float64 seconds, NaN where the map stores no stamp.
     """
 
     stamp: float
@@ -110,6 +111,7 @@ class CandidateTable:
     scores: np.ndarray
     positions: np.ndarray
     confidence: float
+    ref_stamps: np.ndarray
 
 
 def candidates_from_msg(msg: PlaceCandidates) -> CandidateTable:
@@ -120,7 +122,9 @@ def candidates_from_msg(msg: PlaceCandidates) -> CandidateTable:
     return CandidateTable(stamp=stamp_from_msg(msg.header.stamp),
                           ids=np.array([c.ref_id for c in rows], dtype=np.int64),
                           scores=np.array([c.score for c in rows], dtype=np.float32),
-                          positions=positions, confidence=float(msg.confidence))
+                          positions=positions, confidence=float(msg.confidence),
+                          ref_stamps=np.array([stamp_from_msg(c.ref_stamp) if c.ref_stamp.sec or c.ref_stamp.nanosec
+                                               else np.nan for c in rows], dtype=np.float64))
 
 
 def unverified_relative_pose() -> PoseWithCovariance:
