@@ -10,7 +10,11 @@ were chosen on the tuning segments, and nothing here is tuned):
 
 Poses: the data sets have nominal poses only, one place per unit along a straight line (corridor: x = frame
 index, ``ref_poses.csv``; Nordland: x = place index, "nominal positions along the track"), heading along it.
-Session 1's odometry is its nominal poses (its odometry frame is the map frame; a prior on its first pose).
+Session 1 is the map: its keyframes enter the graph with their stored (nominal) poses as priors, position sigma
+0.1, orientation unknown (what the pose-graph node does with a prior map). A second figure keeps session 1 as an
+odometry chain in the same graph (its nominal poses as odometry, a prior on its first pose only, the same
+odometry noise model as session 2): its far keyframes are then as loose as session 2's nodes and bend towards
+them, so session 2 lands less close to the map (``pose_graph_session_1_as_odometry_chain``).
 Session 2's odometry is simulated from its nominal poses with the drift model below (``DRIFT``, seeded) and
 expressed in its own odometry frame (``ODOMETRY_FROM_MAP``: 40 degrees and (20, -10) from the map frame);
 its stamps come after session 1's (``SESSION_GAP`` s), so the gate's exclusion window does not apply.
@@ -19,7 +23,7 @@ Loop closures: the real pipeline on session 2's images (``Localizer`` against a 
 built by ``build_map``, default CNN encoder, then ``LoopClosureGate`` with the shipped defaults), one query at
 a time in route order. There is no geometric verification on this branch, so every closure is unverified;
 the pose graph uses it as a place-level position measurement: session 2's node at the query stamp lies within
-``sigma`` of session 1's node at the keyframe stamp, rotation unknown (``place_covariance``), sigma = the
+``sigma`` of the keyframe, rotation unknown (``place_covariance``), sigma = the
 ground truth's place tolerance (corridor 2 frames, Nordland 1 place), robust (Cauchy) kernel.
 
 Reported per route: loop closures published, correct (keyframe within the ground-truth tolerance of the query)
@@ -51,7 +55,7 @@ from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.loop_closure import LoopClosureConfig, LoopClosureGate
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.paths import PACKAGE_ROOT
-from vpr_ros.core.pose_graph import PoseGraph, PoseGraphConfig, place_covariance
+from vpr_ros.core.pose_graph import PoseGraph, PoseGraphConfig, Trajectory, place_covariance
 from vpr_ros.core.sequence import SequenceConfig
 from vpr_ros.eval.ground_truth import positives_by_index
 from vpr_ros.eval.trajectories import DriftModel, ate_rmse, drifted_odometry, planar_poses
@@ -61,6 +65,9 @@ DRIFT = DriftModel(scale_bias=0.01, scale_sigma=0.02, yaw_bias_deg=0.1, yaw_sigm
 ODOMETRY_FROM_MAP_YAW_DEG = 40.0
 ODOMETRY_FROM_MAP_XY = (20.0, -10.0)
 SESSION_GAP = 100_000.0
+#: Prior of a map keyframe's pose, ROS order: position sigma 0.1 (the pose-graph node's keyframe_position_sigma);
+#: orientation unknown (the maps store none).
+KEYFRAME_COVARIANCE = np.diag([0.1 ** 2] * 3 + [1e12] * 3)
 #: One node per frame: the nominal step is 1 unit, the drifted one 1 +- a few percent.
 GRAPH = PoseGraphConfig(keyframe_distance=0.5)
 ROUTES: dict[str, tuple[RouteSplit, SequenceConfig]] = {
@@ -73,8 +80,12 @@ def odometry_from_map() -> np.ndarray:
     return planar_poses(np.array([[*ODOMETRY_FROM_MAP_XY, 0.0]]), np.radians([ODOMETRY_FROM_MAP_YAW_DEG]))[0]
 
 
-def run_route(name: str, split: RouteSplit, sequence: SequenceConfig, workdir: Path) -> dict[str, Any]:
-    reference, queries = split.sources("held_out")
+def run_route(name: str, split: RouteSplit, sequence: SequenceConfig, workdir: Path, segment: str = "held_out",
+              graphs: dict[str, PoseGraphConfig] | None = None) -> dict[str, Any]:
+    """One route: the pipeline's closures on ``segment``, then the pose graph (one per ``graphs`` entry, the
+    first one reported and plotted)."""
+    graphs = graphs or {"default": GRAPH}
+    reference, queries = split.sources(segment)
     encoder = make_encoder(CNN)
     refmap = build_map(reference, workdir / f"{name}_map", BuildMapConfig(encoder=CNN), progress=False,
                        encoder=encoder)
@@ -83,47 +94,29 @@ def run_route(name: str, split: RouteSplit, sequence: SequenceConfig, workdir: P
     positives = positives_by_index(len(queries), refmap.frames.ids, split.tolerance)
 
     # Nominal poses: one unit per place along x (the held-out rows keep their place numbers).
-    places = split.held_out.rows.astype(np.float64)
+    places = split.segment(segment).rows.astype(np.float64)
     nominal = planar_poses(np.column_stack([places, np.zeros_like(places), np.zeros_like(places)]),
                            np.zeros_like(places))
     stamps_1 = reference.frames.stamps.astype(np.float64)
     stamps_2 = queries.frames.stamps.astype(np.float64) + SESSION_GAP
     odometry_2 = drifted_odometry(nominal, DRIFT, odometry_from_map())
 
-    graph = PoseGraph(GRAPH)
-    graph.start_session(0, anchor="first_pose")
-    graph.start_session(1, anchor="closures")
-    for stamp, pose in zip(stamps_1, nominal, strict=True):
-        graph.add_odometry(0, float(stamp), pose)
-
-    sigma = float(split.tolerance)
     images = [queries.load_image(i) for i in range(len(queries))]
     features = [f for start in range(0, len(images), 64) for f in localizer.encode_many(images[start:start + 64])]
-    closures: list[tuple[int, int]] = []
-    node_ms: list[float] = []
-    closure_ms: list[float] = []
-    anchored_at: int | None = None
-    for i, feature in enumerate(features):
-        t0 = time.perf_counter()
-        graph.add_odometry(1, float(stamps_2[i]), odometry_2[i])
-        node_ms.append((time.perf_counter() - t0) * 1e3)
-        closure = gate.update(localizer.localize_features(feature, float(stamps_2[i])))
-        if closure is None:
-            continue
-        closures.append((i, closure.row))
-        keyframe = graph.node_at(0, float(closure.ref_stamp))
-        if keyframe is None:
-            continue
-        t0 = time.perf_counter()
-        graph.add_loop_closure(1, float(stamps_2[i]), keyframe[0], np.eye(4), place_covariance(sigma))
-        closure_ms.append((time.perf_counter() - t0) * 1e3)
-        if anchored_at is None and graph.trajectory(1).anchored:
-            anchored_at = i
-
-    session_2 = graph.trajectory(1)
+    # The closures of the pipeline, as the localize node would publish them (query index -> map row).
+    gated = [gate.update(localizer.localize_features(f, float(stamps_2[i]))) for i, f in enumerate(features)]
+    closures = [(i, c.row, float(c.ref_stamp)) for i, c in enumerate(gated) if c is not None]
+    sigma = float(split.tolerance)
     truth = nominal[:, :3, 3]
-    correct = [int(row in set(positives.positives[i].tolist())) for i, row in closures]
+    runs = {label: run_pose_graph(config, nominal, stamps_1, odometry_2, stamps_2, closures, sigma, "map")
+            for label, config in graphs.items()}
+    chain = run_pose_graph(next(iter(graphs.values())), nominal, stamps_1, odometry_2, stamps_2, closures, sigma,
+                           "chain")
+    graph, session_2, anchored_at, node_ms, closure_ms = next(iter(runs.values()))
+    correct = [int(row in set(positives.positives[i].tolist())) for i, row, _ in closures]
     drift_only = nominal[0] @ np.linalg.inv(odometry_2[0]) @ odometry_2
+    # Between the first and the last closure: where the closures can correct (beyond it the drift extrapolates).
+    span = slice(closures[0][0], closures[-1][0] + 1) if closures else slice(0, 0)
     result = {
         "places": len(queries), "held_out_places": [split.held_out.start, split.held_out.stop - 1],
         "pipeline": {"encoder": CNN.model.split("/")[-1], "sequence": asdict(sequence),
@@ -135,16 +128,64 @@ def run_route(name: str, split: RouteSplit, sequence: SequenceConfig, workdir: P
                           "verified": 0,
                           "used_by_pose_graph": graph.closures_added},
         "session_2_anchored_at_query": anchored_at,
+        "closure_span_queries": [span.start, span.stop - 1],
+        "ate_rmse_within_closure_span": {
+            "odometry_from_true_start": ate_rmse(drift_only[span, :3, 3], truth[span]) if closures else None,
+            "pose_graph": ate_rmse(session_2.positions[span], truth[span])
+            if closures and session_2.anchored else None},
         "ate_rmse": {"odometry_own_frame": ate_rmse(odometry_2[:, :3, 3], truth),
                      "odometry_from_true_start": ate_rmse(drift_only[:, :3, 3], truth),
-                     "pose_graph": ate_rmse(session_2.positions, truth) if session_2.anchored else None},
+                     "pose_graph": ate_rmse(session_2.positions, truth) if session_2.anchored else None,
+                     **{f"pose_graph_{label}": ate_rmse(run[1].positions, truth) if run[1].anchored else None
+                        for label, run in list(runs.items())[1:]},
+                     "pose_graph_session_1_as_odometry_chain": ate_rmse(chain[1].positions, truth)
+                     if chain[1].anchored else None},
         "pose_graph_ms": {"per_odometry_node_p50": float(np.median(node_ms)),
                           "per_loop_closure_p50": float(np.median(closure_ms)) if closure_ms else None},
     }
     if len(session_2.stamps) != len(truth):
         raise RuntimeError(f"{name}: expected one node per frame, got {len(session_2.stamps)} for {len(truth)}")
-    plot(name, truth, odometry_2, session_2.positions if session_2.anchored else None, closures, result)
+    plot(name, truth, odometry_2, session_2.positions if session_2.anchored else None,
+         [(i, row) for i, row, _ in closures], result)
     return result
+
+
+def run_pose_graph(config: PoseGraphConfig, nominal: np.ndarray, stamps_1: np.ndarray, odometry_2: np.ndarray,
+                   stamps_2: np.ndarray, closures: list[tuple[int, int, float]], sigma: float, session_1: str
+                   ) -> tuple[PoseGraph, Trajectory, int | None, list[float], list[float]]:
+    """Session 2's odometry with its closures in stamp order, as a live pose-graph node would see them, against
+    session 1 as ``"map"``: the map's keyframes with their stored poses (a prior each: KEYFRAME_COVARIANCE, what
+    the pose-graph node does with a prior map), or ``"chain"``: session 1's odometry as a chain of its own in
+    the same graph, with the same odometry noise model and a prior on its first pose only."""
+    graph = PoseGraph(config)
+    graph.start_session(1, anchor="closures")
+    if session_1 == "chain":
+        graph.start_session(0, anchor="first_pose")
+        for stamp, pose in zip(stamps_1, nominal, strict=True):
+            graph.add_odometry(0, float(stamp), pose)
+    by_query = {i: (row, ref_stamp) for i, row, ref_stamp in closures}
+    node_ms: list[float] = []
+    closure_ms: list[float] = []
+    anchored_at: int | None = None
+    for i, pose in enumerate(odometry_2):
+        t0 = time.perf_counter()
+        graph.add_odometry(1, float(stamps_2[i]), pose)
+        node_ms.append((time.perf_counter() - t0) * 1e3)
+        if i not in by_query:
+            continue
+        row, ref_stamp = by_query[i]
+        t0 = time.perf_counter()
+        if session_1 == "chain":
+            keyframe = graph.node_at(0, ref_stamp)
+            assert keyframe is not None
+            key = keyframe[0]
+        else:
+            key = graph.add_keyframe(row, nominal[row], KEYFRAME_COVARIANCE)
+        graph.add_loop_closure(1, float(stamps_2[i]), key, np.eye(4), place_covariance(sigma))
+        closure_ms.append((time.perf_counter() - t0) * 1e3)
+        if anchored_at is None and graph.trajectory(1).anchored:
+            anchored_at = i
+    return graph, graph.trajectory(1), anchored_at, node_ms, closure_ms
 
 
 def plot(name: str, truth: np.ndarray, odometry: np.ndarray, corrected: np.ndarray | None,
