@@ -44,8 +44,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
-import gtsam
 import numpy as np
+
+try:
+    import gtsam
+except ImportError as exc:  # rosdep has no key for gtsam's Python bindings (the kilted gtsam package has none)
+    raise ImportError("the pose graph needs gtsam's Python bindings: pip install gtsam==4.3.0 "
+                      "(requirements/runtime.txt); no rosdep key provides them") from exc
 
 from vpr_ros.config import setting
 
