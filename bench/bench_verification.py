@@ -12,6 +12,9 @@ makes the second views:
   0.2-0.6 m: rotation and translation-direction errors with the model selection (auto, ORB-SLAM's rule) vs a
   plain essential-matrix fit;
 * ``pnp``: the same planar views with the keyframe's depth map: metric translation error;
+* ``box``: a 3D scene -- the image painted on the walls, floor, ceiling and end of a 3 x 2.4 x 8 m box (a
+  corridor) around the keyframe camera, rendered by ray casting after a motion R up to 15 degrees and t of
+  0.3-0.8 m: the essential matrix's case; auto vs a forced homography, and PnP with the box's depth map;
 * ``unrelated``: corridor frames >= 30 places apart and Tokyo vs corridor: false accept rate (also with
   min_matches lowered to 8 so the geometric tests, not the match count, do the refusing); and real same-place
   pairs without pose ground truth (corridor query vs reference lap, Tokyo day vs night) for the share verified;
@@ -38,6 +41,7 @@ from vpr_ros.core.image import load_rgb, resize_rgb
 from vpr_ros.eval.synthetic_views import (
     direction_error_deg,
     rotation_error_deg,
+    sample_box_views,
     sample_planar_views,
     sample_rotated_views,
 )
@@ -77,19 +81,29 @@ def stats(values: list[float]) -> dict[str, float | int | None]:
     return {"median": float(np.median(x)), "p90": float(np.percentile(x, 90)), "max": float(x.max()), "n": len(x)}
 
 
+def rotation_error_over_sigma(v: Any, true_rotation: np.ndarray) -> float:
+    """Rotation error over the reported rotation standard deviation (root of the trace of the rotation block):
+    a check of the covariance model, ~1 or below when the covariance is honest."""
+    if not v.verified:
+        return float("nan")
+    return float(np.radians(rotation_error_deg(v.rotation, true_rotation)) / np.sqrt(np.trace(v.covariance[3:, 3:])))
+
+
 def pure_rotation(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: VerificationConfig,
                   seed: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, img, cam in images:
         rng = np.random.default_rng(seed)
-        errors, models, translation_zero = [], [], []
+        errors, models, translation_zero, over_sigma = [], [], [], []
         views = list(sample_rotated_views(img, cam, rng, VIEWS_PER_IMAGE, max_deg=30.0))
         for view in views:
             v = verify_pair(view.query, img, cam, cam, config=config)
+            over_sigma.append(rotation_error_over_sigma(v, view.rotation))
             errors.append(rotation_error_deg(v.rotation, view.rotation) if v.verified else float("nan"))
             models.append(v.model if v.verified else v.reason)
             translation_zero.append(v.verified and not v.translation.any())
-        out[name] = {"rotation_error_deg": stats(errors), "success_rate": float(np.isfinite(errors).mean()),
+        out[name] = {"rotation_error_deg": stats(errors), "rotation_error_over_sigma": stats(over_sigma),
+                     "success_rate": float(np.isfinite(errors).mean()),
                      "models": {m: models.count(m) for m in sorted(set(models))},
                      "reported_pure_rotation": int(sum(translation_zero)), "views": len(views)}
     return out
@@ -105,9 +119,10 @@ def planar(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: Verif
         per_image: dict[str, Any] = {}
         for mode in ("auto", "essential"):
             cfg = dataclasses.replace(config, model=mode)
-            rot, direction, models = [], [], []
+            rot, direction, models, over_sigma = [], [], [], []
             for view in views:
                 v = verify_pair(view.query, img, cam, cam, config=cfg)
+                over_sigma.append(rotation_error_over_sigma(v, view.rotation))
                 rot.append(rotation_error_deg(v.rotation, view.rotation) if v.verified else float("nan"))
                 direction.append(direction_error_deg(v.translation, view.translation) if v.verified
                                  else float("nan"))
@@ -116,6 +131,7 @@ def planar(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: Verif
                     for key, ms in v.timings_ms.items():
                         timings.setdefault(key, []).append(ms)
             per_image[mode] = {"rotation_error_deg": stats(rot), "translation_direction_error_deg": stats(direction),
+                               "rotation_error_over_sigma": stats(over_sigma),
                                "success_rate": float(np.isfinite(rot).mean()),
                                "models": {m: models.count(m) for m in sorted(set(models))}}
         metric_err, rel_err, rot_pnp, within_3_sigma = [], [], [], []
@@ -134,6 +150,35 @@ def planar(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: Verif
                             else None}
         out[name] = per_image
     return out, timings
+
+
+def box(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: VerificationConfig,
+        seed: int = 3) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, img, cam in images:
+        views = list(sample_box_views(img, cam, np.random.default_rng(seed), VIEWS_PER_IMAGE))
+        per_image: dict[str, Any] = {}
+        for mode in ("auto", "essential", "homography"):
+            rot, direction, models, over_sigma = [], [], [], []
+            for view in views:
+                v = verify_pair(view.query, img, cam, cam, config=dataclasses.replace(config, model=mode))
+                over_sigma.append(rotation_error_over_sigma(v, view.rotation))
+                rot.append(rotation_error_deg(v.rotation, view.rotation) if v.verified else float("nan"))
+                direction.append(direction_error_deg(v.translation, view.translation) if v.verified
+                                 else float("nan"))
+                models.append(v.model if v.verified else "refused")
+            per_image[mode] = {"rotation_error_deg": stats(rot), "translation_direction_error_deg": stats(direction),
+                               "rotation_error_over_sigma": stats(over_sigma),
+                               "success_rate": float(np.isfinite(rot).mean()),
+                               "models": {m: models.count(m) for m in sorted(set(models))}}
+        metric_err = []
+        for view in views:
+            v = verify_pair(view.query, img, cam, cam, keyframe_depth=view.keyframe_depth, config=config)
+            metric_err.append(float(np.linalg.norm(v.translation - view.translation)) if v.metric else float("nan"))
+        per_image["pnp"] = {"translation_error_m": stats(metric_err),
+                            "metric_rate": float(np.isfinite(metric_err).mean())}
+        out[name] = per_image
+    return out
 
 
 def unrelated(config: VerificationConfig, seed: int = 2) -> dict[str, Any]:
@@ -205,6 +250,7 @@ def main() -> None:
         "pure_rotation": rotation,
         "pure_rotation_orb": pure_rotation(images, orb),
         "planar": planar_result,
+        "box": box(images, config),
         "unrelated": unrelated(config),
         "timing_ms_640x480_sift": {key: stats(ms) for key, ms in timings.items()},
         "bytes_per_keyframe": bytes_per_keyframe(),

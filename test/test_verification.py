@@ -33,6 +33,7 @@ from vpr_ros.eval.synthetic_views import (
     direction_error_deg,
     rotated_view,
     rotation_error_deg,
+    sample_box_views,
     sample_planar_views,
     sample_rotated_views,
 )
@@ -144,6 +145,34 @@ class TestPlanar:
                 out.append(rotation_error_deg(v.rotation, view.rotation) if v.verified else 180.0)
         print(f"\nplanar rotation errors: auto {np.round(auto, 3)} essential {np.round(essential, 3)}")
         assert np.max(auto) < np.max(essential)
+
+
+class TestGeneralScene:
+    """The image painted on the walls of a box (a corridor) and seen from a moved camera: not a plane, not a
+    pure rotation, so the essential matrix is the right model."""
+
+    def test_essential_matrix_is_chosen_and_accurate(self, tokyo: np.ndarray) -> None:
+        # 640x480 only: at 160x120 (f = 80 px, ~40 inliers) the essential matrix is several degrees off on some
+        # views (bench/results/verification.json, box); the acceptance bound is for the planar and rotation cases.
+        for image, camera in [(tokyo, TOKYO)]:
+            rot, direction, models = [], [], []
+            for view in sample_box_views(image, camera, np.random.default_rng(3), VIEWS):
+                v = verify_pair(view.query, image, camera, camera)
+                assert v.verified, v.reason
+                models.append(v.model)
+                rot.append(rotation_error_deg(v.rotation, view.rotation))
+                direction.append(direction_error_deg(v.translation, view.translation))
+            print(f"\n{image.shape[1]}x{image.shape[0]} box: models {models} rotation {np.round(rot, 3)} "
+                  f"direction {np.round(direction, 2)}")
+            assert models.count("essential") >= VIEWS - 1
+            assert np.median(rot) < 1.0
+            assert np.median(direction) < 5.0
+
+    def test_pnp_in_the_box(self, tokyo: np.ndarray) -> None:
+        for view in sample_box_views(tokyo, TOKYO, np.random.default_rng(8), 3):
+            v = verify_pair(view.query, tokyo, TOKYO, TOKYO, keyframe_depth=view.keyframe_depth)
+            assert v.verified and v.model == "pnp", v.reason
+            assert np.linalg.norm(v.translation - view.translation) < 0.02
 
 
 class TestRefusal:
