@@ -22,7 +22,8 @@ def test_online_map_grows_closes_loops_outside_the_window_and_saves(start_locali
     endpoint = start_localize("", "/online", **{
         "map_mode": "online", "online_map.vocabulary_from": str(corridor_map), "online_map.min_time": 0.5,
         "online_map.min_distance": 0.0, "loop_closure.exclusion_window": WINDOW,
-        "loop_closure.min_consecutive": 2, "localizer.rerank.method": "none"})
+        "loop_closure.min_consecutive": 2, "localizer.rerank.method": "none",
+        "geometry.publish_unverified": True})  # no camera_info here: closures go out unverified
     client = endpoint.client
     refs = sorted((corridor / "ref").glob("*.jpg"))[::2]
     queries = sorted((corridor / "query").glob("*.jpg"))[::2]
@@ -53,6 +54,8 @@ def test_online_map_grows_closes_loops_outside_the_window_and_saves(start_locali
         f"{len(first_lap)}/{len(answers)} answers in the first lap, {correct} of them right")
     closures = client.loop_closures
     assert closures and all(c.stamp >= 1000.0 and c.ref_stamp < 1000.0 for c in closures)
+    assert not any(c.msg.verified for c in closures)
+    assert int(client.latest_diagnostic()["closures_impossible"]) == len(closures)
 
     saved = tmp_path / "grown_map"
     response = call_service(client, SaveMap, "/online/localize/save_map", SaveMap.Request(path=str(saved)))

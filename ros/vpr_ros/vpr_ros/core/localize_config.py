@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vpr_ros.config import section, setting
+from vpr_ros.core.geometry.closure import ClosureGeometryConfig
 from vpr_ros.core.image import DEFAULT_MAX_PIXELS
 from vpr_ros.core.localizer import LocalizerConfig
 from vpr_ros.core.loop_closure import LoopClosureConfig
@@ -39,6 +40,7 @@ class LocalizeNodeConfig:
     localizer: LocalizerConfig = section(LocalizerConfig)
     online_map: OnlineMapConfig = section(OnlineMapConfig)
     loop_closure: LoopClosureConfig = section(LoopClosureConfig)
+    geometry: ClosureGeometryConfig = section(ClosureGeometryConfig)
 
     def __post_init__(self) -> None:
         if self.position_sigma_max < self.position_sigma_min:

@@ -358,7 +358,8 @@ class OnlineMap:
     def add(self, stamp: float, *, image: np.ndarray | None = None, features: np.ndarray | None = None,
             descriptor: np.ndarray | None = None, pose: Pose | None = None, travelled: float | None = None,
             name: str | None = None, source: str | None = None,
-            local_features: dict[str, np.ndarray] | None = None) -> int | None:
+            local_features: dict[str, np.ndarray] | Callable[[], dict[str, np.ndarray] | None] | None = None
+            ) -> int | None:
         """Offer a camera frame; returns its map row when it becomes a keyframe, None when spacing skips it or the
         map is full.
 
@@ -374,7 +375,8 @@ class OnlineMap:
             name, source: the keyframe's name and source in frames.csv (default: from the stamp).
             local_features: per-keyframe local features for geometric verification (module doc); arrays of at
                 least one dimension whose first axis may differ between keyframes, same dtype and trailing
-                shape per key throughout the map.
+                shape per key throughout the map. A callable is called only when the frame becomes a keyframe
+                (extracting features costs more than most frames are worth).
         """
         if (image is None) == (features is None):
             raise ValueError("give the frame as exactly one of image= or features=")
@@ -384,7 +386,7 @@ class OnlineMap:
         if not math.isfinite(stamp):
             raise InputError(f"keyframe stamp must be finite, got {stamp}")
         position, orientation = _pose_arrays(pose)
-        blob = _check_local_features(local_features) if local_features is not None else None
+        blob = _check_local_features(local_features) if isinstance(local_features, dict) else None
         with self._add_lock:
             if np.isfinite(position).all():
                 self._odometry.add(stamp, position)
@@ -409,6 +411,9 @@ class OnlineMap:
                 raise ValueError(f"features must be one frame's encoder output giving a {self.dim}-d descriptor, "
                                  f"got features {features.shape} -> {descriptor.shape}")
             patches = self._extract_patches(features, self.head) if self._extract_patches else {}
+            if callable(local_features):
+                produced = local_features()
+                blob = _check_local_features(produced) if produced is not None else None
             with self._lock:
                 row = len(self)
                 key = self._next_id

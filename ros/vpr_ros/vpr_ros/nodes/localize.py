@@ -56,7 +56,7 @@ import functools
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +74,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidates
@@ -83,8 +83,11 @@ from vpr_ros_interfaces.srv import Localize, SaveMap
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, flatten_config, unflatten
 from vpr_ros.core.debug_image import render_hypothesis
 from vpr_ros.core.encoders import make_encoder
+from vpr_ros.core.geometry import CameraIntrinsics, IntrinsicsError, extract_features
+from vpr_ros.core.geometry.closure import ClosureCheck, blob_features, check_closure, keyframe_blob, query_pose_in_map
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Hypothesis, Localizer
+from vpr_ros.core.loop_closure import LoopClosure as GatedClosure
 from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.sequence_buffer import OdometryTrack
@@ -252,6 +255,8 @@ class LocalizeNode(LifecycleNode):
         self.odometry = OdometryTrack(timeout=self.config.localizer.sequence.odometry_timeout)
         self.odometry_poses: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=4096)  # keyframe poses
         self.online_map: OnlineMap | None = None
+        self.camera_info: CameraIntrinsics | None = None  # from camera_info, for geometric verification
+        self.closure_checks: Counter[str] = Counter()     # verified / failed / impossible
         self.loop_closures = 0
         self.debug_images = 0
         self.lifecycle_state = "unconfigured"  # the primary state, as the lifecycle services report it
@@ -264,6 +269,7 @@ class LocalizeNode(LifecycleNode):
         self._load_reference: Callable[[int], np.ndarray | None] = lambda row: None
 
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # reports in every state
+        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
         self.create_service(Trigger, "~/reload_map", self._on_reload)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Localize, "~/localize", self._on_localize)
@@ -294,7 +300,8 @@ class LocalizeNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe and publish; the query sequence and the loop-closure history start afresh."""
         self._reset_history()
-        self._inputs = [self.create_subscription(Odometry, "odom", self._on_odometry, 50)]
+        self._inputs = [self.create_subscription(Odometry, "odom", self._on_odometry, 50),
+                        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, 5)]
         if self.config.image_transport == "compressed":
             self._inputs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
                                                          qos_profile_sensor_data))
@@ -486,6 +493,20 @@ class LocalizeNode(LifecycleNode):
         self.odometry.add(stamp, (p.x, p.y, p.z))
         self.odometry_poses.append((stamp, np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])))
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self.camera_info = CameraIntrinsics.from_camera_info_fields(msg.k, msg.d, msg.width, msg.height)
+        except IntrinsicsError as exc:
+            self.camera_info = None
+            self.stats.on_error("camera_info", str(exc))
+
+    def query_camera(self, width: int, height: int) -> CameraIntrinsics | None:
+        """Intrinsics of the camera images: from camera_info, else nominal from geometry.camera_hfov_deg."""
+        if self.camera_info is not None:
+            return self.camera_info
+        hfov = self.config.geometry.camera_hfov_deg
+        return CameraIntrinsics.nominal(width, height, hfov) if hfov > 0 else None
+
     def _on_image(self, msg: Any) -> None:
         self.stats.on_received()
         self.slot.put((msg, time.perf_counter()))
@@ -530,22 +551,28 @@ class LocalizeNode(LifecycleNode):
             self.stats.on_error("pipeline", f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"localization failed: {exc}", throttle_duration_sec=5.0)
             return
+        online = self.online_map
+        if gate is not None and online is not None:
+            gate.frames = online.frames  # the map grows; the gate reads the stamps and poses of its rows
+        closure = gate.update(hyp) if gate is not None else None
+        check = self._check_closure(closure, rgb, localizer, config) if closure is not None else None
         pose = hypothesis_to_pose(hyp, self.frame_id, config.position_sigma_min,
                                   config.position_sigma_max, config.yaw_sigma_deg)
+        if check is not None and check.status == "verified" and config.geometry.metric_pose and pose is not None:
+            pose = self._metric_pose(pose, closure, check)
         if pose is not None:
             outputs.pose.publish(pose)
         if config.publish_candidates:
             outputs.candidates.publish(hypothesis_to_pose_array(hyp, self.frame_id))
             outputs.matches.publish(hypothesis_to_candidates(
                 hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices], localizer.reranker is not None))
-        online = self.online_map
-        if gate is not None and online is not None:
-            gate.frames = online.frames  # the map grows; the gate reads the stamps and poses of its rows
-        closure = gate.update(hyp) if gate is not None else None
         if online is not None and hyp.query is not None:
-            self._add_keyframe(online, hyp, stamp, msg.header.frame_id)
-        if closure is not None:
-            outputs.loop_closure.publish(loop_closure_to_msg(closure, self.frame_id, msg.header.frame_id))
+            self._add_keyframe(online, hyp, rgb, stamp, msg.header.frame_id)
+        if closure is not None and check is not None and (
+                check.status == "verified" or (check.status == "impossible" and config.geometry.publish_unverified)):
+            outputs.loop_closure.publish(loop_closure_to_msg(
+                closure, self.frame_id, msg.header.frame_id,
+                check.verification if check.status == "verified" else None))
             self.loop_closures += 1
             self.links.add(hyp, closure)
         self.stats.on_processed((time.perf_counter() - received_at) * 1e3, hyp.timings_ms)
@@ -554,14 +581,72 @@ class LocalizeNode(LifecycleNode):
         if outputs.markers.get_subscription_count() > 0:
             outputs.markers.publish(frame_markers(hyp, self.frame_id, self.links, self._marker_style))
 
-    def _add_keyframe(self, online: OnlineMap, hyp: Hypothesis, stamp: float, camera_frame: str) -> int | None:
+    def _add_keyframe(self, online: OnlineMap, hyp: Hypothesis, rgb: np.ndarray, stamp: float,
+                      camera_frame: str) -> int | None:
         """Online mode: the frame joins the map when the keyframe spacing allows (after it was answered, so it
-        never matches itself); its pose is the odometry pose at its stamp (NaN without odometry)."""
+        never matches itself); its pose is the odometry pose at its stamp (NaN without odometry), and with
+        geometric verification it carries its local features and intrinsics (the image itself is not kept)."""
         pose = self.odometry_pose_at(stamp)
         travelled = self.odometry.travelled_at(stamp)
+        geometry = self.config.geometry
+
+        def local_features() -> dict[str, np.ndarray] | None:  # only for frames that become keyframes
+            if not (geometry.enabled and geometry.store_keyframe_features):
+                return None
+            camera = self.query_camera(rgb.shape[1], rgb.shape[0])
+            if camera is None:  # features without intrinsics cannot be verified against
+                return None
+            return keyframe_blob(extract_features(rgb, geometry.verification.features), camera)
+
         return online.add(stamp, features=hyp.query.features, descriptor=hyp.query.global_descriptor, pose=pose,
                           travelled=travelled, source=f"live:{self.get_namespace().rstrip('/')}/image@{stamp:.9f}",
-                          name=f"{camera_frame or 'camera'}_{stamp:.9f}")
+                          name=f"{camera_frame or 'camera'}_{stamp:.9f}", local_features=local_features)
+
+    def _check_closure(self, closure: GatedClosure, rgb: np.ndarray, localizer: Localizer,
+                       config: LocalizeNodeConfig) -> ClosureCheck:
+        """Geometric verification of a gated closure against its keyframe's stored features, or its image."""
+        geometry = config.geometry
+        if not geometry.enabled:
+            check = ClosureCheck("impossible", "geometric verification is off (geometry.enabled false)")
+        else:
+            camera = self.query_camera(rgb.shape[1], rgb.shape[0])
+            keyframe, keyframe_camera = None, camera
+            online = self.online_map
+            blob = online.local_features(closure.row) if online is not None else None
+            try:
+                if blob is not None:
+                    keyframe, keyframe_camera = blob_features(blob)
+                else:
+                    keyframe = self._load_reference(closure.row)
+                check = check_closure(rgb, keyframe, camera, keyframe_camera, geometry)
+            except Exception as exc:  # an unreadable keyframe image or features: nothing to verify with
+                check = ClosureCheck("impossible", f"{type(exc).__name__}: {exc}")
+        self.closure_checks[check.status] += 1
+        if check.status != "verified":
+            self.get_logger().info(f"loop closure to keyframe {closure.ref_id}: {check.status} ({check.reason})",
+                                   throttle_duration_sec=2.0)
+        return check
+
+    def _metric_pose(self, pose: PoseWithCovarianceStamped, closure: GatedClosure,
+                     check: ClosureCheck) -> PoseWithCovarianceStamped:
+        """~/pose on a verified closure: the keyframe's pose composed with the verified relative pose."""
+        geometry = self.config.geometry
+        if not np.isfinite(closure.orientation).all():
+            return pose  # the keyframe's orientation is unknown: nothing to compose with
+        position, orientation, metric = query_pose_in_map(closure.position, closure.orientation,
+                                                          check.verification, geometry.camera_pose)
+        pose.pose.pose.position.x, pose.pose.pose.position.y, pose.pose.pose.position.z = (float(v) for v in position)
+        (pose.pose.pose.orientation.x, pose.pose.pose.orientation.y, pose.pose.pose.orientation.z,
+         pose.pose.pose.orientation.w) = (float(v) for v in orientation)
+        covariance = np.array(pose.pose.covariance).reshape(6, 6)
+        rotation_variances = np.diag(check.verification.covariance)[3:]
+        covariance[3:, 3:] = np.diag(np.maximum(rotation_variances, 1e-6))  # the verified rotation's, not the prior's
+        if metric:
+            covariance[:3, :3] = check.verification.covariance[:3, :3] + np.eye(3) * 1e-4
+        pose.pose.covariance = covariance.ravel().tolist()
+        if geometry.publish_initial_pose and metric:
+            self.initial_pose_pub.publish(pose)
+        return pose
 
     def odometry_pose_at(self, stamp: float) -> tuple[np.ndarray, np.ndarray] | None:
         """The odometry pose at ``stamp`` (interpolated; slerp for the orientation), or None when odometry does
@@ -691,7 +776,9 @@ class LocalizeNode(LifecycleNode):
                   **{k: round(v, 3) for k, v in s.latency_percentiles().items()},
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
                   "map_path": self.config.map_path, "map_error": self.map_error, "last_error": s.last_error,
-                  "loop_closures": self.loop_closures, "debug_images": self.debug_images}
+                  "loop_closures": self.loop_closures, "debug_images": self.debug_images,
+                  **{f"closures_{k}": v for k, v in sorted(self.closure_checks.items())},
+                  "camera_info": "yes" if self.camera_info is not None else "no"}
         online = self.online_map
         if online is not None:
             values.update(map_mode="online", keyframes=len(online), keyframes_refused=online.refused)
