@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,25 @@ class PoseGraphConfig:
                                            min=0.0)
     closure_iterations: int = setting(
         3, "extra iSAM2 iterations after a loop closure (its correction is large; robust weights settle)", min=0)
+
+
+def camera_to_body(relative: np.ndarray, covariance: np.ndarray,
+                   camera_pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """A relative pose between two camera optical frames (LoopClosure.msg's T_query_keyframe) as the relative pose
+    of the two bodies: T_qb_kb = T_bc T_qc_kc T_bc^-1, ``camera_pose`` = T_bc (x y z qx qy qz qw). The covariance
+    (x y z roll pitch yaw) is rotated into the body frame; the lever arm's coupling of the camera offset with the
+    rotation is left out (exact for a camera at the body's origin, the default).
+
+    Example:
+        >>> rel = pose_matrix([0.0, 0.0, 1.0])          # keyframe camera 1 m ahead along the optical axis
+        >>> body, _ = camera_to_body(rel, np.eye(6), (0, 0, 0, -0.5, 0.5, -0.5, 0.5))
+        >>> body[:3, 3].round(6).tolist()               # = 1 m along the body's x axis
+        [1.0, 0.0, 0.0]
+    """
+    t_bc = pose_matrix(camera_pose[:3], camera_pose[3:])
+    body = t_bc @ relative @ np.linalg.inv(t_bc)
+    rotate = np.kron(np.eye(2), t_bc[:3, :3])
+    return body, rotate @ np.asarray(covariance, dtype=np.float64) @ rotate.T
 
 
 def pose_matrix(position: np.ndarray | list[float],

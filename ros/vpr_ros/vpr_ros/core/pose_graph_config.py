@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vpr_ros.config import section, setting
+from vpr_ros.core.geometry.closure import OPTICAL_IN_BODY
 from vpr_ros.core.pose_graph import PoseGraphConfig
 
 
@@ -32,4 +33,8 @@ class PoseGraphNodeConfig:
     publish_map_to_odom: bool = setting(
         True, "publish ~/map_to_odom (geometry_msgs/TransformStamped): the correction map <- odometry frame at the "
         "latest node (what a /tf broadcaster of map -> odom sends)")
+    camera_pose: tuple[float, ...] = setting(
+        OPTICAL_IN_BODY, "the camera's optical frame in the odometry's body frame, x y z qx qy qz qw: verified "
+        "relative poses (camera frames) become body-to-body edges with it (default: REP 103 optical rotation, "
+        "camera looking along x at the body's origin)")
     graph: PoseGraphConfig = section(PoseGraphConfig)

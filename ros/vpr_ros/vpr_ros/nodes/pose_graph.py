@@ -45,7 +45,7 @@ from std_msgs.msg import Header
 from vpr_ros_interfaces.msg import LoopClosure
 
 from vpr_ros.config import ConfigError
-from vpr_ros.core.pose_graph import PoseGraph, place_covariance, pose_matrix, position_quaternion
+from vpr_ros.core.pose_graph import PoseGraph, camera_to_body, place_covariance, pose_matrix, position_quaternion
 from vpr_ros.core.pose_graph_config import PoseGraphNodeConfig
 from vpr_ros.nodes.localize import command_line_parameters, declare_config_parameters
 from vpr_ros.nodes.messages import stamp_from_msg, stamp_to_msg
@@ -102,7 +102,9 @@ class PoseGraphNode(Node):
         self.closures_received += 1
         relative = pose_from_msg(msg.relative_pose.pose)
         covariance = np.asarray(msg.relative_pose.covariance, dtype=np.float64).reshape(6, 6)
-        if not msg.verified and self.config.unverified_closures == "place":
+        if msg.verified:  # T_query_keyframe between the camera frames -> between the bodies (graph nodes)
+            relative, covariance = camera_to_body(relative, covariance, self.config.camera_pose)
+        elif self.config.unverified_closures == "place":
             relative, covariance = np.eye(4), place_covariance(self.config.place_sigma)
         keyframe_stamp = stamp_from_msg(msg.keyframe_stamp)
         own = self.graph.node_at(SESSION, keyframe_stamp) if keyframe_stamp > 0 else None
