@@ -103,6 +103,13 @@ class PoseGraphNode(Node):
         relative = pose_from_msg(msg.relative_pose.pose)
         covariance = np.asarray(msg.relative_pose.covariance, dtype=np.float64).reshape(6, 6)
         if msg.verified:  # T_query_keyframe between the camera frames -> between the bodies (graph nodes)
+            if not msg.metric:
+                # The translation is a unit direction (or zero for a pure rotation): no length. Keep the verified
+                # rotation; the position becomes a place-level measurement at the keyframe.
+                relative[:3, 3] = 0.0
+                covariance = covariance.copy()
+                covariance[:3, :3] = np.eye(3) * self.config.place_sigma ** 2
+                covariance[:3, 3:] = covariance[3:, :3] = 0.0
             relative, covariance = camera_to_body(relative, covariance, self.config.camera_pose)
         elif self.config.unverified_closures == "place":
             relative, covariance = np.eye(4), place_covariance(self.config.place_sigma)
