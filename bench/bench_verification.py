@@ -120,10 +120,14 @@ def planar(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: Verif
         for mode in ("auto", "essential"):
             cfg = dataclasses.replace(config, model=mode)
             rot, direction, models, over_sigma = [], [], [], []
+            ambiguous = wrong_side = 0
             for view in views:
                 v = verify_pair(view.query, img, cam, cam, config=cfg)
                 over_sigma.append(rotation_error_over_sigma(v, view.rotation))
                 rot.append(rotation_error_deg(v.rotation, view.rotation) if v.verified else float("nan"))
+                if v.verified and v.ambiguity_deg > 1.0:
+                    ambiguous += 1
+                    wrong_side += rot[-1] > v.ambiguity_deg / 2
                 direction.append(direction_error_deg(v.translation, view.translation) if v.verified
                                  else float("nan"))
                 models.append(v.model if v.verified else "refused")
@@ -133,7 +137,10 @@ def planar(images: list[tuple[str, np.ndarray, CameraIntrinsics]], config: Verif
             per_image[mode] = {"rotation_error_deg": stats(rot), "translation_direction_error_deg": stats(direction),
                                "rotation_error_over_sigma": stats(over_sigma),
                                "success_rate": float(np.isfinite(rot).mean()),
-                               "models": {m: models.count(m) for m in sorted(set(models))}}
+                               "models": {m: models.count(m) for m in sorted(set(models))},
+                               # planar_ambiguity = inflate (default): these views carry the widened covariance
+                               "two_valid_decompositions": ambiguous,
+                               "wrong_decomposition_chosen": int(wrong_side)}
         metric_err, rel_err, rot_pnp, within_3_sigma = [], [], [], []
         for view in views:
             v = verify_pair(view.query, img, cam, cam, keyframe_depth=view.keyframe_depth, config=config)

@@ -70,6 +70,7 @@ class TestPureRotation:
                 assert v.model == "homography"
                 # A pure rotation: translation unknown, not a made-up direction.
                 assert not v.metric and not v.translation.any() and not v.translation_known
+                assert v.ambiguity_deg == 0.0
                 errors.append(rotation_error_deg(v.rotation, view.rotation))
             print(f"\n{image.shape[1]}x{image.shape[0]} pure rotation errors (deg): {np.round(errors, 3)}")
             assert np.median(errors) < 1.0
@@ -86,10 +87,11 @@ class TestPureRotation:
 class TestPlanar:
     def test_model_selection_rotation_and_direction(self, tokyo: np.ndarray, corridor_ref: list[np.ndarray]) -> None:
         for image, camera in real_images(tokyo, corridor_ref):
-            rot, direction = [], []
+            rot, direction, ambiguities = [], [], []
             for view in sample_planar_views(image, camera, np.random.default_rng(1), VIEWS):
                 v = verify_pair(view.query, image, camera, camera)
                 assert v.verified, v.reason
+                ambiguities.append(v.ambiguity_deg)
                 assert v.model == "homography"  # ORB-SLAM's rule picks the homography for a plane
                 assert not v.metric and np.isclose(np.linalg.norm(v.translation), 1.0)
                 rot.append(rotation_error_deg(v.rotation, view.rotation))
@@ -98,6 +100,24 @@ class TestPlanar:
                   f"direction {np.round(direction, 2)}")
             assert np.median(rot) < 1.0
             assert np.median(direction) < 5.0
+            # Some views of a plane have two decompositions in front of both cameras: the result says so.
+            assert max(ambiguities) > 1.0
+
+    def test_planar_ambiguity_policies(self, tokyo: np.ndarray) -> None:
+        """Two valid decompositions that only the prior separates: inflate covers the other, refuse refuses."""
+        for view in sample_planar_views(tokyo, TOKYO, np.random.default_rng(1), VIEWS):
+            inflated = verify_pair(view.query, tokyo, TOKYO, TOKYO)
+            if inflated.ambiguity_deg > 1.0:
+                break
+        else:
+            pytest.fail("no ambiguous planar view among the samples")
+        plain = verify_pair(view.query, tokyo, TOKYO, TOKYO, config=VerificationConfig(planar_ambiguity="prior"))
+        refused = verify_pair(view.query, tokyo, TOKYO, TOKYO, config=VerificationConfig(planar_ambiguity="refuse"))
+        other = np.radians(inflated.ambiguity_deg)
+        assert np.all(np.sqrt(np.diag(inflated.covariance)[3:]) >= other)
+        assert np.all(np.sqrt(np.diag(plain.covariance)[3:]) < other / 5)
+        assert np.allclose(plain.rotation, inflated.rotation)
+        assert not refused.verified and refused.reason.startswith("planar ambiguity")
 
     def test_pnp_with_planar_depth_is_metric(self, tokyo: np.ndarray) -> None:
         errors = []
@@ -160,6 +180,7 @@ class TestGeneralScene:
                 v = verify_pair(view.query, image, camera, camera)
                 assert v.verified, v.reason
                 models.append(v.model)
+                assert v.ambiguity_deg == 0.0 or v.model == "homography"
                 rot.append(rotation_error_deg(v.rotation, view.rotation))
                 direction.append(direction_error_deg(v.translation, view.translation))
             print(f"\n{image.shape[1]}x{image.shape[0]} box: models {models} rotation {np.round(rot, 3)} "
