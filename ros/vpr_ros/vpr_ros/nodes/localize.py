@@ -92,7 +92,7 @@ from vpr_ros.core.loop_closure import LoopClosureGate
 from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.bags import load_frame_source
-from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, depth_msg_to_metres, image_msg_to_rgb
 from vpr_ros.io.poses import PoseTable, interpolate_poses
 from vpr_ros.nodes.markers import LoopClosureLinks, MarkerStyle, delete_all_markers, frame_markers, keyframes_marker
 from vpr_ros.nodes.messages import (
@@ -256,6 +256,7 @@ class LocalizeNode(LifecycleNode):
         self.odometry_poses: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=4096)  # keyframe poses
         self.online_map: OnlineMap | None = None
         self.camera_info: CameraIntrinsics | None = None  # from camera_info, for geometric verification
+        self.depth: tuple[float, np.ndarray] | None = None  # latest depth image (stamp, metres), aligned with image
         self.closure_checks: Counter[str] = Counter()     # verified / failed / impossible
         self.loop_closures = 0
         self.debug_images = 0
@@ -301,7 +302,8 @@ class LocalizeNode(LifecycleNode):
         """Subscribe and publish; the query sequence and the loop-closure history start afresh."""
         self._reset_history()
         self._inputs = [self.create_subscription(Odometry, "odom", self._on_odometry, 50),
-                        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, 5)]
+                        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, 5),
+                        self.create_subscription(Image, "depth", self._on_depth, qos_profile_sensor_data)]
         if self.config.image_transport == "compressed":
             self._inputs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
                                                          qos_profile_sensor_data))
@@ -500,6 +502,20 @@ class LocalizeNode(LifecycleNode):
             self.camera_info = None
             self.stats.on_error("camera_info", str(exc))
 
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            self.depth = (stamp_from_msg(msg.header.stamp), depth_msg_to_metres(msg, self.config.max_pixels))
+        except ImageDecodeError as exc:
+            self.stats.on_error("depth", str(exc))
+
+    def depth_at(self, stamp: float, height: int, width: int) -> np.ndarray | None:
+        """The depth image taken with the camera image at ``stamp`` (within 50 ms, same size: registered depth),
+        for metric loop closures (PnP); None otherwise."""
+        depth = self.depth
+        if depth is None or abs(depth[0] - stamp) > 0.05 or depth[1].shape != (height, width):
+            return None
+        return depth[1]
+
     def query_camera(self, width: int, height: int) -> CameraIntrinsics | None:
         """Intrinsics of the camera images: from camera_info, else nominal from geometry.camera_hfov_deg."""
         if self.camera_info is not None:
@@ -596,7 +612,8 @@ class LocalizeNode(LifecycleNode):
             camera = self.query_camera(rgb.shape[1], rgb.shape[0])
             if camera is None:  # features without intrinsics cannot be verified against
                 return None
-            return keyframe_blob(extract_features(rgb, geometry.verification.features), camera)
+            depth = self.depth_at(stamp, rgb.shape[0], rgb.shape[1])
+            return keyframe_blob(extract_features(rgb, geometry.verification.features, depth=depth), camera)
 
         return online.add(stamp, features=hyp.query.features, descriptor=hyp.query.global_descriptor, pose=pose,
                           travelled=travelled, source=f"live:{self.get_namespace().rstrip('/')}/image@{stamp:.9f}",
@@ -618,7 +635,8 @@ class LocalizeNode(LifecycleNode):
                     keyframe, keyframe_camera = blob_features(blob)
                 else:
                     keyframe = self._load_reference(closure.row)
-                check = check_closure(rgb, keyframe, camera, keyframe_camera, geometry)
+                check = check_closure(rgb, keyframe, camera, keyframe_camera, geometry,
+                                      query_depth=self.depth_at(closure.stamp, rgb.shape[0], rgb.shape[1]))
             except Exception as exc:  # an unreadable keyframe image or features: nothing to verify with
                 check = ClosureCheck("impossible", f"{type(exc).__name__}: {exc}")
         self.closure_checks[check.status] += 1

@@ -10,7 +10,9 @@ x axis), the transform a ``camera_link -> camera_optical_frame`` static transfor
 
 What a keyframe stores for verification (online maps, :class:`vpr_ros.core.online_map.OnlineMap`'s local
 features): ``keypoints`` (n, 2) float32 pixels, ``descriptors`` (n, 128) uint8 for SIFT or (n, 32) for ORB, and
-``camera`` (1, 6) float64 = fx fy cx cy width height of the intrinsics the image was taken with (NaN when unknown).
+``depths`` (n,) float32 metres at the keypoints from the depth image (NaN where none: PnP then gives a metric
+translation), and ``camera`` (1, 6) float64 = fx fy cx cy width height of the intrinsics the image was taken
+with.
 SIFT with the default 1000 keypoints: 132 bytes per keypoint plus 48 bytes, at most about 130 kB per keyframe;
 ORB: 40 bytes per keypoint. A map without them (``build_map`` maps) is verified from its images (the frames'
 sources), features extracted when a closure needs them.
@@ -67,8 +69,9 @@ class ClosureGeometryConfig:
 def keyframe_blob(features: Features, camera: CameraIntrinsics | None) -> dict[str, np.ndarray]:
     """What an online map stores for a keyframe (see the module docstring)."""
     intrinsics = [camera.fx, camera.fy, camera.cx, camera.cy, camera.width, camera.height] if camera else [np.nan] * 6
+    depths = features.depths if features.depths is not None else np.full(len(features), np.nan, np.float32)
     return {"keypoints": features.keypoints.astype(np.float32), "descriptors": features.descriptors,
-            "camera": np.asarray([intrinsics], dtype=np.float64)}
+            "depths": depths.astype(np.float32), "camera": np.asarray([intrinsics], dtype=np.float64)}
 
 
 def blob_features(blob: dict[str, np.ndarray]) -> tuple[Features, CameraIntrinsics | None]:
@@ -79,8 +82,10 @@ def blob_features(blob: dict[str, np.ndarray]) -> tuple[Features, CameraIntrinsi
         raise ValueError("keyframe features without intrinsics")
     fx, fy, cx, cy, width, height = intrinsics
     camera = CameraIntrinsics(fx=fx, fy=fy, cx=cx, cy=cy, width=int(width), height=int(height))
+    depths = np.asarray(blob["depths"], np.float32) if "depths" in blob else None
+    depths = depths if depths is not None and np.isfinite(depths).any() else None
     return Features(np.asarray(blob["keypoints"], np.float32), np.asarray(blob["descriptors"]), kind,
-                    (int(height), int(width))), camera
+                    (int(height), int(width)), depths), camera
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,7 @@ class ClosureCheck:
 
 def check_closure(query_rgb: np.ndarray, keyframe: np.ndarray | Features | None, query_camera: CameraIntrinsics | None,
                   keyframe_camera: CameraIntrinsics | None, config: ClosureGeometryConfig,
-                  baseline: float | None = None) -> ClosureCheck:
+                  baseline: float | None = None, query_depth: np.ndarray | None = None) -> ClosureCheck:
     """Verify one closure; say whether it is impossible (no intrinsics, no keyframe image or features, images below
     ``min_image_side`` such as 64x32 thumbnails) rather than wrong. Too few matches between images large enough
     is a failure: unrelated places look exactly like that."""
@@ -104,7 +109,7 @@ def check_closure(query_rgb: np.ndarray, keyframe: np.ndarray | Features | None,
     if keyframe is None:
         return ClosureCheck("impossible", "the keyframe's image and features are not available")
     result = verify_pair(query_rgb, keyframe, query_camera, keyframe_camera or query_camera, baseline=baseline,
-                         config=config.verification)
+                         query_depth=query_depth, config=config.verification)
     if result.verified:
         return ClosureCheck("verified", "", result)
     too_small = result.reason.startswith("image too small")
