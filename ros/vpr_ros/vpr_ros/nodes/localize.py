@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -62,13 +61,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -102,6 +99,7 @@ from vpr_ros.nodes.messages import (
     loop_closure_to_msg,
     stamp_from_msg,
 )
+from vpr_ros.nodes.process import run_node
 from vpr_ros.nodes.replay import rgb_to_image_msg
 from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats
 
@@ -824,29 +822,7 @@ class LocalizeNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv if args is None else args
-    try:
-        rclpy.init(args=args)
-    except RuntimeError as exc:  # rcl refuses the --ros-args (e.g. "-p name" without ":=value", a missing params file)
-        reason = str(exc).split(". Error:")[0].split(", at /")[0]
-        print(f"localize: invalid ROS arguments: {reason}", file=sys.stderr)
-        sys.exit(2)
-    node = None
-    try:
-        node = LocalizeNode(command_line=args)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except ConfigError as exc:
-        print(f"localize: invalid parameters: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node("localize", lambda argv: LocalizeNode(command_line=argv), args)
 
 
 if __name__ == "__main__":

@@ -30,25 +30,22 @@ Publishes:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import Pose, PoseStamped, TransformStamped
 from nav_msgs.msg import Odometry, Path
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 from vpr_ros_interfaces.msg import LoopClosure
 
-from vpr_ros.config import ConfigError
 from vpr_ros.core.pose_graph import PoseGraph, camera_to_body, place_covariance, pose_matrix, position_quaternion
 from vpr_ros.core.pose_graph_config import PoseGraphNodeConfig
 from vpr_ros.nodes.localize import command_line_parameters, declare_config_parameters
 from vpr_ros.nodes.messages import stamp_from_msg, stamp_to_msg
+from vpr_ros.nodes.process import run_node
 
 #: The node's own run is session 0 of the graph.
 SESSION = 0
@@ -157,27 +154,7 @@ class PoseGraphNode(Node):
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv if args is None else args
-    try:
-        rclpy.init(args=args)
-    except RuntimeError as exc:  # rcl refuses the --ros-args
-        print(f"pose_graph: invalid ROS arguments: {str(exc).split('. Error:')[0]}", file=sys.stderr)
-        sys.exit(2)
-    node = None
-    try:
-        node = PoseGraphNode(command_line=args)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except ConfigError as exc:
-        print(f"pose_graph: invalid parameters: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node("pose_graph", lambda argv: PoseGraphNode(command_line=argv), args)
 
 
 if __name__ == "__main__":
