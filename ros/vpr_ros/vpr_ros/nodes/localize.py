@@ -182,6 +182,8 @@ def declare_config_parameters(node: Node, cls: type, command_line: Mapping[str, 
         value = list(default) if isinstance(default, tuple) else default
         declared = node.declare_parameter(name, value, ParameterDescriptor(
             description=descriptions[name], dynamic_typing=True)).value
+        if declared is None and isinstance(default, tuple):
+            declared = []  # a params file's `[]`: rcl has no type for an empty array and leaves it unset
         values[name] = command_line.pop(name) if name in command_line else declared
     unknown = sorted(name for name in command_line if not node.has_parameter(name))
     if unknown:
