@@ -28,7 +28,7 @@ from vpr_ros.nodes.messages import stamp_to_msg
 
 try:
     from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidate, PlaceCandidates
-    from vpr_ros_interfaces.srv import Localize
+    from vpr_ros_interfaces.srv import Localize, SaveMap
 except ImportError as error:  # not a skip: make test builds and installs the package first
     pytest.fail(f"vpr_ros_interfaces is not importable ({error}): run `make interfaces`", pytrace=False)
 
@@ -61,6 +61,8 @@ LOCALIZE_REQUEST_FIELDS = (
 LOCALIZE_RESPONSE_FIELDS = (
     ("bool", "success"), ("string", "message"), ("vpr_ros_interfaces/PlaceCandidates", "candidates"),
     ("geometry_msgs/PoseWithCovarianceStamped", "pose"), ("bool", "pose_valid"))
+SAVE_MAP_REQUEST_FIELDS = (("string", "path"), ("bool", "overwrite"))
+SAVE_MAP_RESPONSE_FIELDS = (("bool", "success"), ("string", "message"), ("uint32", "keyframes"))
 
 MESSAGES = (("PlaceCandidate", PlaceCandidate, PLACE_CANDIDATE_FIELDS),
             ("PlaceCandidates", PlaceCandidates, PLACE_CANDIDATES_FIELDS),
@@ -97,13 +99,16 @@ def test_loop_closure_constants_match_the_table() -> None:
         (name, value) for _, name, value in LOOP_CLOSURE_CONSTANTS]
 
 
-def test_localize_service_fields_match_the_table() -> None:
-    spec = parse_service_file(PACKAGE, str(SOURCE / "srv" / "Localize.srv"))
-    assert source_fields(spec.request) == LOCALIZE_REQUEST_FIELDS
-    assert source_fields(spec.response) == LOCALIZE_RESPONSE_FIELDS
-    for cls, table in ((Localize.Request, LOCALIZE_REQUEST_FIELDS), (Localize.Response, LOCALIZE_RESPONSE_FIELDS)):
-        assert cls.get_fields_and_field_types() == {n: idl_type(t) for t, n in table}, (
-            f"installed {PACKAGE}/Localize differs from srv/Localize.srv: run `make interfaces`")
+@pytest.mark.parametrize(("name", "cls", "request_table", "response_table"), [
+    ("Localize", Localize, LOCALIZE_REQUEST_FIELDS, LOCALIZE_RESPONSE_FIELDS),
+    ("SaveMap", SaveMap, SAVE_MAP_REQUEST_FIELDS, SAVE_MAP_RESPONSE_FIELDS)], ids=["Localize", "SaveMap"])
+def test_service_fields_match_the_table(name: str, cls: type, request_table, response_table) -> None:
+    spec = parse_service_file(PACKAGE, str(SOURCE / "srv" / f"{name}.srv"))
+    assert source_fields(spec.request) == request_table
+    assert source_fields(spec.response) == response_table
+    for part, table in ((cls.Request, request_table), (cls.Response, response_table)):
+        assert part.get_fields_and_field_types() == {n: idl_type(t) for t, n in table}, (
+            f"installed {PACKAGE}/{name} differs from srv/{name}.srv: run `make interfaces`")
 
 
 # ---- Messages with real values ---------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ NOT_MEASURED: tuple[str, ...] = (
     "about 6 GB (torch)",                        # install size of the pinned wheels, not a result
     "efficientnet_lite0_b10.onnx`, 2.8 MB",      # size of the shipped file
     "(1e12)",                                    # LoopClosure.msg constant
+    "variances of 1e12",                         # the same constant
+    "stamp within 50 ms",                        # the node's depth/image pairing rule
+    "checks a 0.25 m offset",                    # a test's input
+    "(S_H + S_F) > 0.45",                        # ORB-SLAM's model selection threshold (published)
+    "length × (1 + 0.01 + N(0, 0.02))",          # the drift model of the two-session bench (its input)
     "ros/rosdistro at 8468e88c",                 # commit of the rosdep snapshot
     "enlarged at most 2x",                       # max_upscale default
     "enlarged 2x",                               # the same rule applied to 64x32 Nordland frames

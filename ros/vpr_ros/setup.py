@@ -31,6 +31,7 @@ setup(
         "console_scripts": [
             "build_map = vpr_ros.cli.build_map:entry_point",
             "localize = vpr_ros.nodes.localize:main",
+            "pose_graph = vpr_ros.nodes.pose_graph:main",
             "evaluate = vpr_ros.cli.evaluate:entry_point",
             "vpr_convert = vpr_ros.cli.convert:entry_point",
         ],

@@ -5,16 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vpr_ros.config import section, setting
+from vpr_ros.core.geometry.closure import ClosureGeometryConfig
 from vpr_ros.core.image import DEFAULT_MAX_PIXELS
 from vpr_ros.core.localizer import LocalizerConfig
 from vpr_ros.core.loop_closure import LoopClosureConfig
+from vpr_ros.core.online_map import OnlineMapConfig
 
 
 @dataclass(frozen=True)
 class LocalizeNodeConfig:
     """Parameters of the localize node; nested sections become dotted ROS parameter names."""
 
-    map_path: str = setting("", "reference map directory made by build_map (required)")
+    map_path: str = setting("", "reference map directory made by build_map (required with map_mode fixed; with "
+                            "online, the prior map the keyframes are added to, or empty to start from nothing)")
+    map_mode: str = setting("fixed", "fixed = localize against map_path as it is; online = add keyframes from the "
+                            "camera to the map as the robot drives (loop closures within the run; ~/save_map "
+                            "writes it)", choices=("fixed", "online"))
     verify_map: bool = setting(True, "check the sha256 of every map file at load (slower for huge maps)")
     autostart: bool = setting(True, "configure and activate the node at start (lifecycle), as `ros2 run` users "
                               "expect; false = stay unconfigured until a lifecycle manager configures it (nav2 style)")
@@ -32,7 +38,9 @@ class LocalizeNodeConfig:
     yaw_sigma_deg: float = setting(
         15.0, "heading standard deviation (degrees) at confidence 1; grows like the position sigma", min=0.0)
     localizer: LocalizerConfig = section(LocalizerConfig)
+    online_map: OnlineMapConfig = section(OnlineMapConfig)
     loop_closure: LoopClosureConfig = section(LoopClosureConfig)
+    geometry: ClosureGeometryConfig = section(ClosureGeometryConfig)
 
     def __post_init__(self) -> None:
         if self.position_sigma_max < self.position_sigma_min:

@@ -16,6 +16,12 @@ image from retrieval and re-ranking alone and leaves that state alone (one-shot 
 :meth:`Localizer.reconfigure` changes the settings that do not depend on the loaded map and encoder (top_k,
 re-ranking, sequence, confidence radius) without loading anything again; a frame in flight finishes with the
 settings it started with.
+
+The map may be an :class:`~vpr_ros.core.online_map.OnlineMap` that grows while the localizer runs: retrieval of a
+stamped frame (:meth:`Localizer.localize`) then never returns keyframes within the map's exclusion window of
+the frame's stamp, re-ranking reads the patch store as it is now, and the sequence stage follows the map's
+growth (:meth:`SequenceMatcher.follow_map`), keeping the buffered query frames; its answers are filtered by the
+exclusion window too.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 
 from vpr_ros.config import section, setting
 from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.patchnetvlad.rerank import PatchCorrespondences, RerankConfig, Reranker, resolve_method
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
@@ -90,7 +97,8 @@ class Hypothesis:
     method, ``scores`` are sequence scores, ``sequence_frames`` says how many frames the answer rests on
     (``sequence_complete`` once the buffer is full) and ``single`` is the single-frame answer of the same
     frame, for comparison. ``explanation`` holds the patch pairs matched with the best candidate, only when
-    asked for (``localize(..., explain=True)``, for debug views) and the map stores patches.
+    asked for (``localize(..., explain=True)``, for debug views) and the map stores patches. ``query`` is what the
+    encoder made of the image (set by :meth:`Localizer.localize`), e.g. for adding it to an online map.
     """
 
     stamp: float
@@ -105,6 +113,7 @@ class Hypothesis:
     sequence_complete: bool = True
     single: Hypothesis | None = None
     explanation: PatchCorrespondences | None = None
+    query: QueryFeatures | None = None
 
     @property
     def best_index(self) -> int:
@@ -173,9 +182,10 @@ class PipelineStages:
 
 
 class Localizer:
-    """Runs the pipeline against one reference map with one encoder."""
+    """Runs the pipeline against one reference map (fixed, or an online map growing meanwhile) with one encoder."""
 
-    def __init__(self, refmap: ReferenceMap, encoder: Encoder, config: LocalizerConfig | None = None) -> None:
+    def __init__(self, refmap: ReferenceMap | OnlineMap, encoder: Encoder,
+                 config: LocalizerConfig | None = None) -> None:
         config = config or LocalizerConfig()
         refmap.check_encoder(encoder.describe())
         self.refmap = refmap
@@ -243,9 +253,17 @@ class Localizer:
         globals_ = global_descriptors(feats, self.refmap.head)
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
-    def retrieve(self, query: QueryFeatures, k: int | None = None) -> Candidates:
-        """FAISS top-``k`` of the map (``k`` defaults to :attr:`retrieval_k`)."""
-        sims, idx = self.refmap.search(query.global_descriptor[None], k or self.retrieval_k)
+    def retrieve(self, query: QueryFeatures, k: int | None = None, stamp: float | None = None) -> Candidates:
+        """FAISS top-``k`` of the map (``k`` defaults to :attr:`retrieval_k`).
+
+        ``stamp``: the query's capture time; an online map then leaves out its keyframes within its exclusion
+        window (a fixed map ignores it).
+        """
+        k = k or self.retrieval_k
+        if stamp is not None and isinstance(self.refmap, OnlineMap):
+            sims, idx = self.refmap.search(query.global_descriptor[None], k, stamp=stamp)
+        else:
+            sims, idx = self.refmap.search(query.global_descriptor[None], k)
         keep = idx[0] >= 0  # FAISS pads with -1 when fewer than k results exist
         scores = sims[0][keep].astype(np.float32)
         return Candidates(idx[0][keep].astype(np.int64), scores, scores)
@@ -279,8 +297,15 @@ class Localizer:
         sequence = self.sequence if sequence is None else sequence
         if sequence is None:
             return candidates, 1, True
+        online = isinstance(self.refmap, OnlineMap)
+        if online:
+            sequence.follow_map(self.refmap.descriptors)
         result = sequence.fuse(query.global_descriptor, candidates.indices, candidates.scores, stamp, travelled)
-        return Candidates(result.rows, result.scores), result.frames, result.complete
+        rows, scores = result.rows, result.scores
+        if online:  # sequences may end on any keyframe, the robot's recent ones too
+            keep = self.refmap.searchable(rows, stamp)  # type: ignore[union-attr]
+            rows, scores = rows[keep], scores[keep]
+        return Candidates(rows, scores), result.frames, result.complete
 
     def reset_sequence(self) -> None:
         """Forget the recent frames: the next frame starts a new sequence."""
@@ -314,6 +339,7 @@ class Localizer:
         with timer("encode"):
             query = self.encode(image)
         hyp = self.localize_features(query, stamp, travelled, timer)
+        hyp.query = query
         if explain and len(hyp.indices):
             hyp.explanation = self.explain(query, hyp.best_index)
         return hyp
@@ -328,7 +354,7 @@ class Localizer:
         """The stages after encoding (for callers that encode many images in a batch first)."""
         timer = timer or StageTimer()
         stages = self._stages  # one frame, one set of settings (see reconfigure)
-        candidates = self._single_frame_candidates(query, stages, timer)
+        candidates = self._single_frame_candidates(query, stages, timer, stamp)
         top_k, radius = stages.config.top_k, stages.config.confidence_radius
         if stages.sequence is None:
             return self.hypothesis(candidates.head(top_k), stamp, timer.finish(), radius)
@@ -356,10 +382,15 @@ class Localizer:
         return self.hypothesis(candidates.head(top_k or stages.config.top_k), stamp, timer.finish(),
                                stages.config.confidence_radius)
 
-    def _single_frame_candidates(self, query: QueryFeatures, stages: PipelineStages, timer: StageTimer) -> Candidates:
-        """Retrieval and re-ranking of one frame: every candidate the sequence stage may use, best first."""
+    def _single_frame_candidates(self, query: QueryFeatures, stages: PipelineStages, timer: StageTimer,
+                                 stamp: float | None = None) -> Candidates:
+        """Retrieval and re-ranking of one frame: every candidate the sequence stage may use, best first.
+
+        ``stamp``: the frame's capture time, for an online map's exclusion window (None = no window: a one-shot
+        relocalization may match any keyframe).
+        """
         with timer("retrieve"):
-            candidates = self.retrieve(query, stages.retrieval_k)
+            candidates = self.retrieve(query, stages.retrieval_k, stamp)
         if stages.reranker is not None:
             with timer("rerank"):
                 candidates = self.rerank(query, candidates, stages.reranker)

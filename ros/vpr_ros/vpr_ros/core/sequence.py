@@ -434,6 +434,22 @@ class SequenceMatcher:
         other.top_k = top_k
         return other
 
+    def follow_map(self, descriptors: np.ndarray) -> None:
+        """Use the descriptors of a map that grew (an online map) from now on, keeping the query sequence.
+
+        Only when the row count changed: the map-side arrays (locally centred descriptors, pooled index) and
+        the buffered frames' cached similarities are computed again, lazily, for the new rows.
+        """
+        with self._lock:
+            if len(descriptors) == self.num_rows:
+                return
+            self.descriptors = descriptors
+            self.num_rows = len(descriptors)
+            self._centred = None
+            self._pooled = None
+            for frame in self.buffer.frames():
+                frame.cache = None
+
     # ---- lazily built map-side arrays --------------------------------------------------------------
     @property
     def centred(self) -> np.ndarray:

@@ -94,6 +94,11 @@ class FrameBuffer:
     def __len__(self) -> int:
         return len(self._frames)
 
+    def frames(self) -> list[BufferedFrame]:
+        """The buffered frames, oldest first."""
+        with self._lock:
+            return list(self._frames)
+
     def reset(self) -> None:
         """Forget every buffered frame (e.g. after a relocalization or a jump of the robot)."""
         with self._lock:

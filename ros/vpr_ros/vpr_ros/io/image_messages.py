@@ -62,6 +62,28 @@ class ImageDecodeError(InputError):
         self.kind = kind
 
 
+def _pixels(msg: Any, dtype: Any, channels: int, max_pixels: int, what: str) -> np.ndarray:
+    """The pixels of an Image message as (H, W[, channels]) ``dtype`` in the message's byte order, after checking
+    its size against ``max_pixels`` (before any copy) and its ``step`` and data length against its size."""
+    encoding = str(msg.encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageDecodeError("empty", f"zero-size image ({width}x{height}, encoding {encoding})")
+    try:
+        check_pixel_limit(width, height, max_pixels, what)
+    except ImageTooLargeError as exc:
+        raise ImageDecodeError("too_large", str(exc)) from exc
+    row_bytes = width * channels * np.dtype(dtype).itemsize
+    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview, np.ndarray))
+                         else msg.data, dtype=np.uint8)
+    if step < row_bytes or data.size < step * (height - 1) + row_bytes:
+        raise ImageDecodeError("size", f"{encoding} image {width}x{height} needs step >= {row_bytes} and "
+                                       f"{step * (height - 1) + row_bytes} bytes; got step {step}, {data.size} bytes")
+    rows = np.lib.stride_tricks.as_strided(data, shape=(height, row_bytes), strides=(step, 1))
+    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    return pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
+
+
 def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """sensor_msgs/Image -> (H, W, 3) uint8 RGB. 16-bit images keep their 8 most significant bits.
 
@@ -75,26 +97,11 @@ def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         raise ImageDecodeError("encoding", f"unsupported image encoding {encoding!r}; supported: "
                                            f"{', '.join(SUPPORTED_ENCODINGS)}")
     channels, dtype, conversion = spec
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height == 0 or width == 0:
-        raise ImageDecodeError("empty", f"zero-size image ({width}x{height}, encoding {encoding})")
-    try:
-        check_pixel_limit(width, height, max_pixels, f"{encoding} image ({channels} channel(s))")
-    except ImageTooLargeError as exc:
-        raise ImageDecodeError("too_large", str(exc)) from exc
-    if encoding in _PIXEL_PAIRS and width % 2:
-        raise ImageDecodeError("size", f"{encoding} image {width}x{height}: this encoding packs pixels in pairs, "
-                                       "so the width must be even")
+    if encoding in _PIXEL_PAIRS and int(msg.width) % 2:
+        raise ImageDecodeError("size", f"{encoding} image {msg.width}x{msg.height}: this encoding packs pixels in "
+                                       "pairs, so the width must be even")
+    pixels = _pixels(msg, dtype, channels, max_pixels, f"{encoding} image ({channels} channel(s))")
     itemsize = np.dtype(dtype).itemsize
-    row_bytes = width * channels * itemsize
-    data = np.frombuffer(bytes(msg.data) if not isinstance(msg.data, (bytes, bytearray, memoryview, np.ndarray))
-                         else msg.data, dtype=np.uint8)
-    if step < row_bytes or data.size < step * (height - 1) + row_bytes:
-        raise ImageDecodeError("size", f"{encoding} image {width}x{height} needs step >= {row_bytes} and "
-                                       f"{step * (height - 1) + row_bytes} bytes; got step {step}, {data.size} bytes")
-    rows = np.lib.stride_tricks.as_strided(data, shape=(height, row_bytes), strides=(step, 1))
-    pixels = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
-    pixels = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
     if itemsize == 2:
         pixels = (pixels.astype(np.uint16) >> 8).astype(np.uint8)
     else:
@@ -124,3 +131,28 @@ def compressed_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     if image is None:
         raise ImageDecodeError("decode", f"{what} could not be decoded (corrupt or unsupported data)")
     return image
+
+
+#: Depth image encodings (REP 118): 32FC1 in metres, 16UC1 in millimetres; their units per metre.
+DEPTH_ENCODINGS = {"32FC1": (np.float32, 1.0), "16UC1": (np.uint16, 1000.0), "mono16": (np.uint16, 1000.0)}
+
+
+def depth_msg_to_metres(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A depth sensor_msgs/Image (REP 118: ``32FC1`` metres or ``16UC1`` millimetres) -> (H, W) float32 metres,
+    NaN where the sensor has no depth (0, NaN or inf).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> msg = SimpleNamespace(encoding="16UC1", height=1, width=2, step=4, is_bigendian=0,
+        ...                       data=np.array([1500, 0], "<u2").tobytes())
+        >>> depth_msg_to_metres(msg).tolist()
+        [[1.5, nan]]
+    """
+    encoding = str(msg.encoding)
+    if encoding not in DEPTH_ENCODINGS:
+        raise ImageDecodeError("encoding", f"unsupported depth encoding {encoding!r}; supported: "
+                                           f"{', '.join(DEPTH_ENCODINGS)} (REP 118)")
+    dtype, per_metre = DEPTH_ENCODINGS[encoding]
+    metres = _pixels(msg, dtype, 1, max_pixels, f"{encoding} depth image").astype(np.float32) / np.float32(per_metre)
+    metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
+    return metres

@@ -53,40 +53,44 @@ from __future__ import annotations
 
 import difflib
 import functools
-import sys
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import rclpy
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseArray, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecyclePublisher, LifecycleState, TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.subscription import Subscription
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 from vpr_ros_interfaces.msg import LoopClosure, PlaceCandidates
-from vpr_ros_interfaces.srv import Localize
+from vpr_ros_interfaces.srv import Localize, SaveMap
 
 from vpr_ros.config import ConfigError, config_from_dict, field_docs, flatten_config, unflatten
 from vpr_ros.core.debug_image import render_hypothesis
+from vpr_ros.core.encoders import make_encoder
+from vpr_ros.core.geometry import CameraIntrinsics, IntrinsicsError, extract_features
+from vpr_ros.core.geometry.closure import ClosureCheck, blob_features, check_closure, keyframe_blob, query_pose_in_map
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Hypothesis, Localizer
+from vpr_ros.core.loop_closure import LoopClosure as GatedClosure
 from vpr_ros.core.loop_closure import LoopClosureGate
+from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.bags import load_frame_source
-from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb
+from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, depth_msg_to_metres, image_msg_to_rgb
+from vpr_ros.io.poses import PoseTable, interpolate_poses
 from vpr_ros.nodes.markers import LoopClosureLinks, MarkerStyle, delete_all_markers, frame_markers, keyframes_marker
 from vpr_ros.nodes.messages import (
     hypothesis_to_candidates,
@@ -95,6 +99,7 @@ from vpr_ros.nodes.messages import (
     loop_closure_to_msg,
     stamp_from_msg,
 )
+from vpr_ros.nodes.process import run_node
 from vpr_ros.nodes.replay import rgb_to_image_msg
 from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats
 
@@ -177,6 +182,8 @@ def declare_config_parameters(node: Node, cls: type, command_line: Mapping[str, 
         value = list(default) if isinstance(default, tuple) else default
         declared = node.declare_parameter(name, value, ParameterDescriptor(
             description=descriptions[name], dynamic_typing=True)).value
+        if declared is None and isinstance(default, tuple):
+            declared = []  # a params file's `[]`: rcl has no type for an empty array and leaves it unset
         values[name] = command_line.pop(name) if name in command_line else declared
     unknown = sorted(name for name in command_line if not node.has_parameter(name))
     if unknown:
@@ -231,8 +238,9 @@ class LocalizeNode(LifecycleNode):
         assignments = command_line_parameters([*command_line, *(kwargs.get("cli_args") or ())], self.get_name())
         self.config: LocalizeNodeConfig = declare_config_parameters(self, LocalizeNodeConfig, assignments,
                                                                     runtime_changeable)
-        if not self.config.map_path:
-            raise ConfigError("parameter map_path is required: the reference map directory made by build_map")
+        if self.config.map_mode == "fixed" and not self.config.map_path:
+            raise ConfigError("parameter map_path is required: the reference map directory made by build_map (or "
+                              "map_mode:=online to build the map as the robot drives)")
         self.stats = RuntimeStats()
         self.slot: LatestSlot[tuple[Any, float]] = LatestSlot()
         # _pipeline_lock guards what a frame reads (config, localizer, gate); _frame_lock is held while one frame
@@ -245,6 +253,11 @@ class LocalizeNode(LifecycleNode):
         self.map_loads = 0
         self.frame_id = "map"
         self.odometry = OdometryTrack(timeout=self.config.localizer.sequence.odometry_timeout)
+        self.odometry_poses: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=4096)  # keyframe poses
+        self.online_map: OnlineMap | None = None
+        self.camera_info: CameraIntrinsics | None = None  # from camera_info, for geometric verification
+        self.depth: tuple[float, np.ndarray] | None = None  # latest depth image (stamp, metres), aligned with image
+        self.closure_checks: Counter[str] = Counter()     # verified / failed / impossible
         self.loop_closures = 0
         self.debug_images = 0
         self.lifecycle_state = "unconfigured"  # the primary state, as the lifecycle services report it
@@ -257,9 +270,11 @@ class LocalizeNode(LifecycleNode):
         self._load_reference: Callable[[int], np.ndarray | None] = lambda row: None
 
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)  # reports in every state
+        self.initial_pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/initialpose", 1)
         self.create_service(Trigger, "~/reload_map", self._on_reload)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Localize, "~/localize", self._on_localize)
+        self.create_service(SaveMap, "~/save_map", self._on_save_map)
         self.create_timer(self.config.diagnostics_period, self._publish_diagnostics)
         self.add_pre_set_parameters_callback(self._numbers_as_declared)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -286,7 +301,9 @@ class LocalizeNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe and publish; the query sequence and the loop-closure history start afresh."""
         self._reset_history()
-        self._inputs = [self.create_subscription(Odometry, "odom", self._on_odometry, 50)]
+        self._inputs = [self.create_subscription(Odometry, "odom", self._on_odometry, 50),
+                        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, 5),
+                        self.create_subscription(Image, "depth", self._on_depth, qos_profile_sensor_data)]
         if self.config.image_transport == "compressed":
             self._inputs.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image,
                                                          qos_profile_sensor_data))
@@ -341,6 +358,7 @@ class LocalizeNode(LifecycleNode):
             self._outputs = None
         with self._pipeline_lock:
             self.localizer = None
+            self.online_map = None
             self.gate = None
             self.map_error = ""
 
@@ -350,7 +368,12 @@ class LocalizeNode(LifecycleNode):
         config = self.config
         try:
             t0 = time.perf_counter()
-            localizer = Localizer.from_paths(config.map_path, config.localizer, verify=config.verify_map)
+            online = None
+            if config.map_mode == "online":
+                online = self._open_online_map(config)
+                localizer = Localizer(online, online.encoder, config.localizer)
+            else:
+                localizer = Localizer.from_paths(config.map_path, config.localizer, verify=config.verify_map)
         except Exception as exc:
             self.map_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"cannot load map {config.map_path}: {self.map_error}")
@@ -361,6 +384,7 @@ class LocalizeNode(LifecycleNode):
             if localizer.config != config.localizer:
                 localizer.reconfigure(config.localizer)
             self.localizer = localizer
+            self.online_map = online
             self.gate = self._make_gate(config, localizer)
             self.frame_id = localizer.refmap.frame_id
             self._marker_style = MarkerStyle.for_map(localizer.refmap.frames.positions)
@@ -370,11 +394,21 @@ class LocalizeNode(LifecycleNode):
             self.map_error = ""
             self.map_loads += 1
         self.get_logger().info(
-            f"map {config.map_path}: {len(localizer.refmap)} frames, encoder {localizer.encoder.id} on "
+            f"map {config.map_path or '(empty)'} ({config.map_mode}): {len(localizer.refmap)} frames, "
+            f"encoder {localizer.encoder.id} on "
             f"{localizer.encoder.providers[0]}, input {localizer.width}x{localizer.height}, re-ranking: "
             f"{localizer.reranker.spec.describe() if localizer.reranker else 'off'}, "
             f"loaded in {time.perf_counter() - t0:.2f} s")
         return True
+
+    @staticmethod
+    def _open_online_map(config: LocalizeNodeConfig) -> OnlineMap:
+        """The keyframe map of online mode: the prior map at map_path grown further, or an empty one."""
+        encoder = make_encoder(config.localizer.encoder)
+        window = config.loop_closure.exclusion_window
+        if config.map_path:
+            return OnlineMap.from_map(config.map_path, encoder, config.online_map, exclusion_window=window)
+        return OnlineMap.empty(encoder, config.online_map, exclusion_window=window)
 
     @staticmethod
     def _make_gate(config: LocalizeNodeConfig, localizer: Localizer) -> LoopClosureGate | None:
@@ -456,8 +490,38 @@ class LocalizeNode(LifecycleNode):
 
     # ---- data path -------------------------------------------------------------------------------
     def _on_odometry(self, msg: Odometry) -> None:
-        p = msg.pose.pose.position
-        self.odometry.add(stamp_from_msg(msg.header.stamp), (p.x, p.y, p.z))
+        p, q = msg.pose.pose.position, msg.pose.pose.orientation
+        stamp = stamp_from_msg(msg.header.stamp)
+        self.odometry.add(stamp, (p.x, p.y, p.z))
+        self.odometry_poses.append((stamp, np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            self.camera_info = CameraIntrinsics.from_camera_info_fields(msg.k, msg.d, msg.width, msg.height)
+        except IntrinsicsError as exc:
+            self.camera_info = None
+            self.stats.on_error("camera_info", str(exc))
+
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            self.depth = (stamp_from_msg(msg.header.stamp), depth_msg_to_metres(msg, self.config.max_pixels))
+        except ImageDecodeError as exc:
+            self.stats.on_error("depth", str(exc))
+
+    def depth_at(self, stamp: float, height: int, width: int) -> np.ndarray | None:
+        """The depth image taken with the camera image at ``stamp`` (within 50 ms, same size: registered depth),
+        for metric loop closures (PnP); None otherwise."""
+        depth = self.depth
+        if depth is None or abs(depth[0] - stamp) > 0.05 or depth[1].shape != (height, width):
+            return None
+        return depth[1]
+
+    def query_camera(self, width: int, height: int) -> CameraIntrinsics | None:
+        """Intrinsics of the camera images: from camera_info, else nominal from geometry.camera_hfov_deg."""
+        if self.camera_info is not None:
+            return self.camera_info
+        hfov = self.config.geometry.camera_hfov_deg
+        return CameraIntrinsics.nominal(width, height, hfov) if hfov > 0 else None
 
     def _on_image(self, msg: Any) -> None:
         self.stats.on_received()
@@ -503,17 +567,28 @@ class LocalizeNode(LifecycleNode):
             self.stats.on_error("pipeline", f"{type(exc).__name__}: {exc}")
             self.get_logger().error(f"localization failed: {exc}", throttle_duration_sec=5.0)
             return
+        online = self.online_map
+        if gate is not None and online is not None:
+            gate.frames = online.frames  # the map grows; the gate reads the stamps and poses of its rows
+        closure = gate.update(hyp) if gate is not None else None
+        check = self._check_closure(closure, rgb, localizer, config) if closure is not None else None
         pose = hypothesis_to_pose(hyp, self.frame_id, config.position_sigma_min,
                                   config.position_sigma_max, config.yaw_sigma_deg)
+        if check is not None and check.status == "verified" and config.geometry.metric_pose and pose is not None:
+            pose = self._metric_pose(pose, closure, check)
         if pose is not None:
             outputs.pose.publish(pose)
         if config.publish_candidates:
             outputs.candidates.publish(hypothesis_to_pose_array(hyp, self.frame_id))
             outputs.matches.publish(hypothesis_to_candidates(
                 hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices], localizer.reranker is not None))
-        closure = gate.update(hyp) if gate is not None else None
-        if closure is not None:
-            outputs.loop_closure.publish(loop_closure_to_msg(closure, self.frame_id, msg.header.frame_id))
+        if online is not None and hyp.query is not None:
+            self._add_keyframe(online, hyp, rgb, stamp, msg.header.frame_id)
+        if closure is not None and check is not None and (
+                check.status == "verified" or (check.status == "impossible" and config.geometry.publish_unverified)):
+            outputs.loop_closure.publish(loop_closure_to_msg(
+                closure, self.frame_id, msg.header.frame_id,
+                check.verification if check.status == "verified" else None))
             self.loop_closures += 1
             self.links.add(hyp, closure)
         self.stats.on_processed((time.perf_counter() - received_at) * 1e3, hyp.timings_ms)
@@ -521,6 +596,111 @@ class LocalizeNode(LifecycleNode):
             self._publish_debug_image(outputs, rgb, hyp, localizer, msg.header.stamp)
         if outputs.markers.get_subscription_count() > 0:
             outputs.markers.publish(frame_markers(hyp, self.frame_id, self.links, self._marker_style))
+
+    def _add_keyframe(self, online: OnlineMap, hyp: Hypothesis, rgb: np.ndarray, stamp: float,
+                      camera_frame: str) -> int | None:
+        """Online mode: the frame joins the map when the keyframe spacing allows (after it was answered, so it
+        never matches itself); its pose is the odometry pose at its stamp (NaN without odometry), and with
+        geometric verification it carries its local features and intrinsics (the image itself is not kept)."""
+        pose = self.odometry_pose_at(stamp)
+        travelled = self.odometry.travelled_at(stamp)
+        geometry = self.config.geometry
+
+        def local_features() -> dict[str, np.ndarray] | None:  # only for frames that become keyframes
+            if not (geometry.enabled and geometry.store_keyframe_features):
+                return None
+            camera = self.query_camera(rgb.shape[1], rgb.shape[0])
+            if camera is None:  # features without intrinsics cannot be verified against
+                return None
+            depth = self.depth_at(stamp, rgb.shape[0], rgb.shape[1])
+            return keyframe_blob(extract_features(rgb, geometry.verification.features, depth=depth), camera)
+
+        return online.add(stamp, features=hyp.query.features, descriptor=hyp.query.global_descriptor, pose=pose,
+                          travelled=travelled, source=f"live:{self.get_namespace().rstrip('/')}/image@{stamp:.9f}",
+                          name=f"{camera_frame or 'camera'}_{stamp:.9f}", local_features=local_features)
+
+    def _check_closure(self, closure: GatedClosure, rgb: np.ndarray, localizer: Localizer,
+                       config: LocalizeNodeConfig) -> ClosureCheck:
+        """Geometric verification of a gated closure against its keyframe's stored features, or its image."""
+        geometry = config.geometry
+        if not geometry.enabled:
+            check = ClosureCheck("impossible", "geometric verification is off (geometry.enabled false)")
+        else:
+            camera = self.query_camera(rgb.shape[1], rgb.shape[0])
+            keyframe, keyframe_camera = None, camera
+            online = self.online_map
+            blob = online.local_features(closure.row) if online is not None else None
+            try:
+                if blob is not None:
+                    keyframe, keyframe_camera = blob_features(blob)
+                else:
+                    keyframe = self._load_reference(closure.row)
+                check = check_closure(rgb, keyframe, camera, keyframe_camera, geometry,
+                                      query_depth=self.depth_at(closure.stamp, rgb.shape[0], rgb.shape[1]))
+            except Exception as exc:  # an unreadable keyframe image or features: nothing to verify with
+                check = ClosureCheck("impossible", f"{type(exc).__name__}: {exc}")
+        self.closure_checks[check.status] += 1
+        if check.status != "verified":
+            self.get_logger().info(f"loop closure to keyframe {closure.ref_id}: {check.status} ({check.reason})",
+                                   throttle_duration_sec=2.0)
+        return check
+
+    def _metric_pose(self, pose: PoseWithCovarianceStamped, closure: GatedClosure,
+                     check: ClosureCheck) -> PoseWithCovarianceStamped:
+        """~/pose on a verified closure: the keyframe's pose composed with the verified relative pose."""
+        geometry = self.config.geometry
+        if not np.isfinite(closure.orientation).all():
+            return pose  # the keyframe's orientation is unknown: nothing to compose with
+        position, orientation, metric = query_pose_in_map(closure.position, closure.orientation,
+                                                          check.verification, geometry.camera_pose)
+        pose.pose.pose.position.x, pose.pose.pose.position.y, pose.pose.pose.position.z = (float(v) for v in position)
+        (pose.pose.pose.orientation.x, pose.pose.pose.orientation.y, pose.pose.pose.orientation.z,
+         pose.pose.pose.orientation.w) = (float(v) for v in orientation)
+        covariance = np.array(pose.pose.covariance).reshape(6, 6)
+        rotation_variances = np.diag(check.verification.covariance)[3:]
+        covariance[3:, 3:] = np.diag(np.maximum(rotation_variances, 1e-6))  # the verified rotation's, not the prior's
+        if metric:
+            covariance[:3, :3] = check.verification.covariance[:3, :3] + np.eye(3) * 1e-4
+        pose.pose.covariance = covariance.ravel().tolist()
+        if geometry.publish_initial_pose and metric:
+            self.initial_pose_pub.publish(pose)
+        return pose
+
+    def odometry_pose_at(self, stamp: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The odometry pose at ``stamp`` (interpolated; slerp for the orientation), or None when odometry does
+        not cover it (within the sequence's odometry_timeout)."""
+        history = list(self.odometry_poses)
+        if not history:
+            return None
+        table = PoseTable(names=[""] * len(history), stamps=np.array([h[0] for h in history]),
+                          positions=np.stack([h[1] for h in history]), orientations=np.stack([h[2] for h in history]))
+        positions, orientations, valid = interpolate_poses(table, np.array([stamp]),
+                                                           max_extrapolation=self.odometry.timeout)
+        return (positions[0], orientations[0]) if valid[0] else None
+
+    def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        """Write the online map in the build_map format (atomic, under the map lock)."""
+        online, config = self.online_map, self.config
+        path = request.path or config.online_map.save_path
+        if online is None:
+            response.success, response.message = False, (
+                "not in online mode (map_mode fixed)" if config.map_mode == "fixed"
+                else f"the node is {self.lifecycle_state}: no map loaded")
+        elif not path:
+            response.success, response.message = False, "no path: give one, or set online_map.save_path"
+        else:
+            try:
+                saved = online.save(path, overwrite=request.overwrite)
+            except Exception as exc:  # InputError (no keyframes, path exists), MapLockedError, OSError
+                response.success, response.message = False, f"{type(exc).__name__}: {exc}"
+            else:
+                response.success, response.keyframes = True, len(online)
+                response.message = f"saved {len(online)} keyframes to {saved}"
+        if response.success:
+            self.get_logger().info(f"save_map: {response.message}")
+        else:  # rclpy wants one severity per logging call site
+            self.get_logger().error(f"save_map: {response.message}")
+        return response
 
     def _publish_debug_image(self, outputs: NodeOutputs, rgb: np.ndarray, hyp: Hypothesis, localizer: Localizer,
                              stamp: Any) -> None:
@@ -614,7 +794,12 @@ class LocalizeNode(LifecycleNode):
                   **{k: round(v, 3) for k, v in s.latency_percentiles().items()},
                   **{f"errors_{k}": v for k, v in sorted(s.errors.items())},
                   "map_path": self.config.map_path, "map_error": self.map_error, "last_error": s.last_error,
-                  "loop_closures": self.loop_closures, "debug_images": self.debug_images}
+                  "loop_closures": self.loop_closures, "debug_images": self.debug_images,
+                  **{f"closures_{k}": v for k, v in sorted(self.closure_checks.items())},
+                  "camera_info": "yes" if self.camera_info is not None else "no"}
+        online = self.online_map
+        if online is not None:
+            values.update(map_mode="online", keyframes=len(online), keyframes_refused=online.refused)
         sequence = localizer.sequence if localizer is not None else None
         if sequence is not None:
             values.update(sequence_method=sequence.config.method, sequence_buffered=len(sequence.buffer),
@@ -639,29 +824,7 @@ class LocalizeNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv if args is None else args
-    try:
-        rclpy.init(args=args)
-    except RuntimeError as exc:  # rcl refuses the --ros-args (e.g. "-p name" without ":=value", a missing params file)
-        reason = str(exc).split(". Error:")[0].split(", at /")[0]
-        print(f"localize: invalid ROS arguments: {reason}", file=sys.stderr)
-        sys.exit(2)
-    node = None
-    try:
-        node = LocalizeNode(command_line=args)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except ConfigError as exc:
-        print(f"localize: invalid parameters: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+    run_node("localize", lambda argv: LocalizeNode(command_line=argv), args)
 
 
 if __name__ == "__main__":

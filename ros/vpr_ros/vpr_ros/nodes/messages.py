@@ -12,6 +12,7 @@ from std_msgs.msg import Header
 from vpr_ros_interfaces.msg import LoopClosure as LoopClosureMsg
 from vpr_ros_interfaces.msg import PlaceCandidate, PlaceCandidates
 
+from vpr_ros.core.geometry.verification import Verification
 from vpr_ros.core.localizer import Hypothesis
 from vpr_ros.core.loop_closure import LoopClosure
 
@@ -102,7 +103,8 @@ def hypothesis_to_candidates(hyp: Hypothesis, frame_id: str, ref_stamps: np.ndar
 class CandidateTable:
     """The columns of a PlaceCandidates message (for listeners such as the replay client and the evaluator).
 
-    Shape: ids (K,) int64; scores (K,) float32; positions (K, 3) float64, NaN where ``pose_known`` is false.
+    Shape: ids (K,) int64; scores (K,) float32; positions (K, 3) float64, NaN where ``pose_known`` is false;
+    ref_stamps (K,) float64 seconds, NaN where the map stores no stamp.
     """
 
     stamp: float
@@ -110,6 +112,7 @@ class CandidateTable:
     scores: np.ndarray
     positions: np.ndarray
     confidence: float
+    ref_stamps: np.ndarray
 
 
 def candidates_from_msg(msg: PlaceCandidates) -> CandidateTable:
@@ -120,7 +123,9 @@ def candidates_from_msg(msg: PlaceCandidates) -> CandidateTable:
     return CandidateTable(stamp=stamp_from_msg(msg.header.stamp),
                           ids=np.array([c.ref_id for c in rows], dtype=np.int64),
                           scores=np.array([c.score for c in rows], dtype=np.float32),
-                          positions=positions, confidence=float(msg.confidence))
+                          positions=positions, confidence=float(msg.confidence),
+                          ref_stamps=np.array([stamp_from_msg(c.ref_stamp) if c.ref_stamp.sec or c.ref_stamp.nanosec
+                                               else np.nan for c in rows], dtype=np.float64))
 
 
 def unverified_relative_pose() -> PoseWithCovariance:
@@ -133,11 +138,14 @@ def unverified_relative_pose() -> PoseWithCovariance:
     return relative
 
 
-def loop_closure_to_msg(closure: LoopClosure, frame_id: str, query_frame_id: str) -> LoopClosureMsg:
+def loop_closure_to_msg(closure: LoopClosure, frame_id: str, query_frame_id: str,
+                        verification: Verification | None = None) -> LoopClosureMsg:
     """A gated loop closure as vpr_ros_interfaces/LoopClosure (header stamp = query stamp, frame = map frame).
 
-    Until geometric verification runs, ``verified`` and ``metric`` are false, ``inliers`` is 0 and the relative
-    pose is the identity with the uninformative covariance (:func:`unverified_relative_pose`).
+    With a successful ``verification`` the message carries its relative pose T_query_keyframe (camera optical
+    frames), covariance and inliers, ``verified`` true and ``metric`` as measured; without one, ``verified`` and
+    ``metric`` are false, ``inliers`` is 0 and the relative pose is the identity with the uninformative covariance
+    (:func:`unverified_relative_pose`).
     """
     stamp = stamp_to_msg(closure.stamp)
     position_known = bool(np.isfinite(closure.position).all())
@@ -147,5 +155,19 @@ def loop_closure_to_msg(closure: LoopClosure, frame_id: str, query_frame_id: str
         keyframe_id=int(closure.ref_id), keyframe_stamp=_stamp_or_zero(closure.ref_stamp),
         keyframe_pose=_pose(np.where(position_known, closure.position, 0.0), closure.orientation),
         keyframe_pose_known=position_known, keyframe_orientation_known=orientation_known,
-        relative_pose=unverified_relative_pose(), inliers=0, score=float(closure.score),
-        confidence=float(closure.confidence), verified=False, metric=False)
+        relative_pose=verified_relative_pose(verification) if verification else unverified_relative_pose(),
+        inliers=int(verification.inliers) if verification else 0, score=float(closure.score),
+        confidence=float(closure.confidence), verified=verification is not None,
+        metric=bool(verification.metric) if verification else False)
+
+
+def verified_relative_pose(verification: Verification) -> PoseWithCovariance:
+    """T_query_keyframe of a verification with its 6x6 covariance (x y z roll pitch yaw, query camera frame)."""
+    relative = PoseWithCovariance()
+    position = relative.pose.position
+    position.x, position.y, position.z = (float(v) for v in verification.translation)
+    q = verification.quaternion_xyzw
+    relative.pose.orientation.x, relative.pose.orientation.y, relative.pose.orientation.z, \
+        relative.pose.orientation.w = (float(v) for v in q)
+    relative.covariance = np.asarray(verification.covariance, dtype=np.float64).ravel().tolist()
+    return relative

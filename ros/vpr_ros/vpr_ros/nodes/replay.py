@@ -65,6 +65,7 @@ class Answer:
     scores: np.ndarray
     positions: np.ndarray
     latency_ms: float
+    ref_stamps: np.ndarray  # the candidates' stamps as stored in the map (NaN where none)
 
 
 class LocalizeClient(Node):
@@ -92,7 +93,7 @@ class LocalizeClient(Node):
         with self._lock:
             sent = self._sent.get(stamp)
             self.answers[stamp] = Answer(stamp, table.ids, table.scores, table.positions,
-                                         (now - sent) * 1e3 if sent is not None else float("nan"))
+                                         (now - sent) * 1e3 if sent is not None else float("nan"), table.ref_stamps)
             self._lock.notify_all()
 
     def _on_loop_closure(self, msg: LoopClosure) -> None:

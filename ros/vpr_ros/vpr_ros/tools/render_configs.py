@@ -10,10 +10,12 @@ from vpr_ros.config import render_params_yaml
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.map_builder import BuildMapConfig
 from vpr_ros.core.paths import PACKAGE_ROOT
+from vpr_ros.core.pose_graph_config import PoseGraphNodeConfig
 
 CONFIG_FILES = {
     "localize.yaml": (LocalizeNodeConfig, "/**", "vpr_ros localize node parameters"),
     "build_map.yaml": (BuildMapConfig, "/**", "vpr_ros build_map settings"),
+    "pose_graph.yaml": (PoseGraphNodeConfig, "/**", "vpr_ros pose_graph node parameters"),
 }
 
 

@@ -175,10 +175,15 @@ class Reranker:
         self.config = config or RerankConfig()
         preset = PRESETS.get(spec.preset)
         self.scorer = self.config.scorer if self.config.scorer != "auto" else (preset.scorer if preset else "rapid")
-        self.stores = [refmap.arrays[spec.array_name(g)] for g in spec.grids]
         self.grid_indices = [g.grid_indices() for g in spec.grids]
         self.centres = [g.centres() for g in spec.grids]
         self.bounds = [rapid_spatial_score_bound((g.cols - 1, g.rows - 1)) for g in spec.grids]
+
+    @property
+    def stores(self) -> list[np.ndarray]:
+        """The map's patch arrays, one per size, read from the map at each use (an online map grows them)."""
+        arrays = self.refmap.arrays
+        return [arrays[self.spec.array_name(g)] for g in self.spec.grids]
 
     def query_patches(self, features: np.ndarray) -> list[np.ndarray]:
         """Query feature map (1, D, h, w) -> per patch size (n_p, P) float32 descriptors."""
@@ -196,8 +201,9 @@ class Reranker:
         order = np.argsort(rows, kind="stable")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
+        stores = self.stores
         for s, grid in enumerate(self.spec.grids):
-            sorted_matches = nearest_patches(query[s], np.asarray(self.stores[s][rows[order]]), self.spec.encoding,
+            sorted_matches = nearest_patches(query[s], np.asarray(stores[s][rows[order]]), self.spec.encoding,
                                              self.config.threads)
             matches = PatchMatches(sorted_matches.nearest_query[inverse], sorted_matches.mutual[inverse],
                                    sorted_matches.n_query)
