@@ -90,9 +90,9 @@ from vpr_ros.core.pose_graph import (
     PoseGraph,
     PoseGraphConfig,
     Trajectory,
-    camera_to_body,
     place_covariance,
     pose_matrix,
+    verified_closure_edge,
 )
 from vpr_ros.core.sequence import SequenceConfig
 from vpr_ros.eval.ground_truth import positives_by_index
@@ -248,13 +248,8 @@ def closure_edge(check: ClosureCheck, sigma: float) -> tuple[np.ndarray, np.ndar
         return np.eye(4), place_covariance(sigma)
     verification = check.verification
     assert verification is not None
-    metric = bool(verification.metric)
-    optical = pose_matrix(verification.translation if metric else np.zeros(3), verification.quaternion_xyzw)
-    relative, covariance = camera_to_body(optical, verification.covariance, OPTICAL_IN_BODY)
-    if not metric:  # a unit direction (or nothing, for a pure rotation): the place-level translation instead
-        covariance[:3, :] = covariance[:, :3] = 0.0
-        covariance[:3, :3] = place_covariance(sigma)[:3, :3]
-    return relative, covariance
+    optical = pose_matrix(verification.translation, verification.quaternion_xyzw)
+    return verified_closure_edge(optical, verification.covariance, bool(verification.metric), sigma, OPTICAL_IN_BODY)
 
 
 def verification_summary(checks: list[ClosureCheck], correct: list[int], milliseconds: list[float]

@@ -129,6 +129,29 @@ def camera_to_body(relative: np.ndarray, covariance: np.ndarray,
     return body, rotate @ np.asarray(covariance, dtype=np.float64) @ rotate.T
 
 
+def verified_closure_edge(relative: np.ndarray, covariance: np.ndarray, metric: bool, place_sigma: float,
+                          camera_pose: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The body-to-body edge of a verified closure (T_query_keyframe between the camera frames, its covariance).
+
+    Without a metric translation (a unit direction, or none for a pure rotation) only the rotation is a
+    measurement: the translation becomes zero with a place-level covariance (``place_sigma``) and no correlation.
+
+    Example:
+        >>> unit = pose_matrix([0.0, 0.0, 1.0])   # a direction, not 1 m
+        >>> edge, cov = verified_closure_edge(unit, np.eye(6) * 1e-6, False, 2.0, (0, 0, 0, -0.5, 0.5, -0.5, 0.5))
+        >>> edge[:3, 3].tolist(), np.diag(cov)[:3].tolist()
+        ([0.0, 0.0, 0.0], [4.0, 4.0, 4.0])
+    """
+    relative = np.array(relative, dtype=np.float64)
+    covariance = np.array(covariance, dtype=np.float64)
+    if not metric:
+        relative[:3, 3] = 0.0
+        covariance[:3, :] = 0.0
+        covariance[:, :3] = 0.0
+        covariance[:3, :3] = np.eye(3) * place_sigma ** 2
+    return camera_to_body(relative, covariance, camera_pose)
+
+
 def pose_matrix(position: np.ndarray | list[float],
                 quaternion_xyzw: np.ndarray | list[float] | None = None) -> np.ndarray:
     """(4, 4) homogeneous pose from a position (3,) and a quaternion x y z w (4,; identity when None)."""

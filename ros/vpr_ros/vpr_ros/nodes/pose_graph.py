@@ -41,7 +41,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header
 from vpr_ros_interfaces.msg import LoopClosure
 
-from vpr_ros.core.pose_graph import PoseGraph, camera_to_body, place_covariance, pose_matrix, position_quaternion
+from vpr_ros.core.pose_graph import (
+    PoseGraph,
+    place_covariance,
+    pose_matrix,
+    position_quaternion,
+    verified_closure_edge,
+)
 from vpr_ros.core.pose_graph_config import PoseGraphNodeConfig
 from vpr_ros.nodes.localize import command_line_parameters, declare_config_parameters
 from vpr_ros.nodes.messages import stamp_from_msg, stamp_to_msg
@@ -100,14 +106,8 @@ class PoseGraphNode(Node):
         relative = pose_from_msg(msg.relative_pose.pose)
         covariance = np.asarray(msg.relative_pose.covariance, dtype=np.float64).reshape(6, 6)
         if msg.verified:  # T_query_keyframe between the camera frames -> between the bodies (graph nodes)
-            if not msg.metric:
-                # The translation is a unit direction (or zero for a pure rotation): no length. Keep the verified
-                # rotation; the position becomes a place-level measurement at the keyframe.
-                relative[:3, 3] = 0.0
-                covariance = covariance.copy()
-                covariance[:3, :3] = np.eye(3) * self.config.place_sigma ** 2
-                covariance[:3, 3:] = covariance[3:, :3] = 0.0
-            relative, covariance = camera_to_body(relative, covariance, self.config.camera_pose)
+            relative, covariance = verified_closure_edge(relative, covariance, msg.metric, self.config.place_sigma,
+                                                         self.config.camera_pose)
         elif self.config.unverified_closures == "place":
             relative, covariance = np.eye(4), place_covariance(self.config.place_sigma)
         keyframe_stamp = stamp_from_msg(msg.keyframe_stamp)
