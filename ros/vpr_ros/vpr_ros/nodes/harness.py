@@ -57,25 +57,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from vpr_ros.nodes.localize import LocalizeNode
-from vpr_ros.nodes.replay import LocalizeClient
+from vpr_ros.nodes.replay import LocalizeClient, call_service
 
 ParameterValue = bool | int | float | str | list[bool] | list[int] | list[float] | list[str]
 NodeT = TypeVar("NodeT", bound=Node)
-
-
-def call_service(node: Node, srv_type: type, name: str, request: object, timeout: float = 30.0) -> object | None:
-    """Call service ``name`` from ``node`` (which must be spinning in an executor); None if it never answered."""
-    client = node.create_client(srv_type, name)
-    try:
-        deadline = time.monotonic() + timeout
-        if not client.wait_for_service(timeout):
-            return None
-        future = client.call_async(request)
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return future.result() if future.done() else None
-    finally:
-        node.destroy_client(client)
 
 
 def change_lifecycle_state(node: Node, target: str, transition: str, timeout: float = 60.0) -> bool:

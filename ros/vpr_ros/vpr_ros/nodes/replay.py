@@ -44,6 +44,21 @@ def jpeg_to_compressed_msg(jpeg: bytes, stamp: float, frame_id: str = "camera") 
     return msg
 
 
+def call_service(node: Node, srv_type: type, name: str, request: object, timeout: float = 30.0) -> object | None:
+    """Call service ``name`` from ``node`` (which must be spinning in an executor); None if it never answered."""
+    client = node.create_client(srv_type, name)
+    try:
+        deadline = time.monotonic() + timeout
+        if not client.wait_for_service(timeout):
+            return None
+        future = client.call_async(request)
+        while not future.done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return future.result() if future.done() else None
+    finally:
+        node.destroy_client(client)
+
+
 @dataclass
 class LoopClosureAnswer:
     """One ~/loop_closure message: the query stamp and the matched map frame (``msg``: the whole message)."""
@@ -192,14 +207,4 @@ class LocalizeClient(Node):
 
         The client must be spinning in an executor (as for answers) for the response to arrive.
         """
-        client = self.create_client(Trigger, f"{self._node_namespace}/{service}")
-        try:
-            deadline = time.monotonic() + timeout
-            if not client.wait_for_service(timeout):
-                return None
-            future = client.call_async(Trigger.Request())
-            while not future.done() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            return future.result() if future.done() else None
-        finally:
-            self.destroy_client(client)
+        return call_service(self, Trigger, f"{self._node_namespace}/{service}", Trigger.Request(), timeout)
