@@ -49,8 +49,8 @@ from vpr_ros.core.pose_graph import (
     verified_closure_edge,
 )
 from vpr_ros.core.pose_graph_config import PoseGraphNodeConfig
-from vpr_ros.nodes.localize import command_line_parameters, declare_config_parameters
 from vpr_ros.nodes.messages import stamp_from_msg, stamp_to_msg
+from vpr_ros.nodes.parameters import command_line_parameters, declare_config_parameters
 from vpr_ros.nodes.process import run_node
 
 #: The node's own run is session 0 of the graph.
