@@ -70,3 +70,21 @@ def test_odometry_path_length_interpolates_and_times_out():
     assert odo.travelled_at(0.5) == 0.0 and odo.latest_stamp == 0.5
     odo.add(0.6, (np.nan, 0.0, 0.0))
     assert odo.latest_stamp == 0.5, "invalid positions are ignored"
+
+
+def test_odometry_pose_interpolates_position_and_orientation_within_the_timeout():
+    from scipy.spatial.transform import Rotation
+
+    odo = OdometryTrack(timeout=0.5)
+    assert odo.pose_at(0.0) is None
+    odo.add(0.0, (0.0, 0.0, 0.0), Rotation.from_euler("z", 0, degrees=True).as_quat())
+    odo.add(1.0, (2.0, 0.0, 0.0), Rotation.from_euler("z", 90, degrees=True).as_quat())
+    position, orientation = odo.pose_at(0.5)
+    np.testing.assert_allclose(position, [1.0, 0.0, 0.0])
+    assert Rotation.from_quat(orientation).as_euler("zyx", degrees=True)[0] == pytest.approx(45.0)
+    np.testing.assert_allclose(odo.pose_at(1.4)[0], [2.0, 0.0, 0.0])  # the last pose, within the timeout
+    assert odo.pose_at(1.6) is None and odo.pose_at(-0.6) is None
+    odo.add(2.0, (3.0, 0.0, 0.0))  # no orientation: unknown, not invented
+    assert np.isnan(odo.pose_at(2.0)[1]).all()
+    odo.add(0.5, (100.0, 0.0, 0.0))  # time went backwards: the poses of the old recording are gone
+    np.testing.assert_allclose(odo.pose_at(0.5)[0], [100.0, 0.0, 0.0])

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from vpr_ros.io.poses import PoseTable, interpolate_poses
+
 
 @dataclass
 class BufferedFrame:
@@ -166,14 +168,19 @@ class OdometryTrack:
         self.timeout = timeout
         self._stamps: deque[float] = deque(maxlen=history)
         self._travelled: deque[float] = deque(maxlen=history)
+        self._positions: deque[np.ndarray] = deque(maxlen=history)
+        self._orientations: deque[np.ndarray] = deque(maxlen=history)
         self._last_position: np.ndarray | None = None
         self._lock = threading.Lock()
 
-    def add(self, stamp: float, position: tuple[float, float, float] | np.ndarray) -> None:
-        """Record an odometry position (any fixed frame; only distances between positions matter)."""
+    def add(self, stamp: float, position: tuple[float, float, float] | np.ndarray,
+            orientation: tuple[float, float, float, float] | np.ndarray | None = None) -> None:
+        """Record an odometry position (any fixed frame; only distances between positions matter for the path
+        length) and, if known, its orientation (quaternion x y z w) for :meth:`pose_at`."""
         p = np.asarray(position, dtype=np.float64).reshape(3)
         if not np.isfinite(p).all():
             return
+        q = np.full(4, np.nan) if orientation is None else np.asarray(orientation, dtype=np.float64).reshape(4)
         with self._lock:
             if self._stamps and stamp < self._stamps[-1]:  # time went backwards (bag restarted): start over
                 self._clear()
@@ -181,6 +188,8 @@ class OdometryTrack:
             total = (self._travelled[-1] if self._travelled else 0.0) + step
             self._stamps.append(float(stamp))
             self._travelled.append(total)
+            self._positions.append(p)
+            self._orientations.append(q)
             self._last_position = p
 
     def travelled_at(self, stamp: float) -> float | None:
@@ -192,6 +201,18 @@ class OdometryTrack:
                 return self._travelled[-1]
             return float(np.interp(stamp, np.asarray(self._stamps), np.asarray(self._travelled)))
 
+    def pose_at(self, stamp: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The odometry pose (position (3,), quaternion x y z w (4,)) at ``stamp``: linear in position, slerp in
+        orientation between the messages around it, the nearest one within ``timeout`` seconds outside them;
+        None when odometry does not cover ``stamp``. Orientations recorded as unknown stay NaN."""
+        with self._lock:
+            if not self._stamps:
+                return None
+            table = PoseTable(names=[""] * len(self._stamps), stamps=np.asarray(self._stamps),
+                              positions=np.stack(self._positions), orientations=np.stack(self._orientations))
+        positions, orientations, valid = interpolate_poses(table, np.array([stamp]), max_extrapolation=self.timeout)
+        return (positions[0], orientations[0]) if valid[0] else None
+
     @property
     def latest_stamp(self) -> float | None:
         with self._lock:
@@ -200,6 +221,8 @@ class OdometryTrack:
     def _clear(self) -> None:
         self._stamps.clear()
         self._travelled.clear()
+        self._positions.clear()
+        self._orientations.clear()
         self._last_position = None
 
     def reset(self) -> None:

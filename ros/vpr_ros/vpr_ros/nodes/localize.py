@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +87,6 @@ from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.sequence_buffer import OdometryTrack
 from vpr_ros.io.bags import load_frame_source
 from vpr_ros.io.image_messages import ImageDecodeError, compressed_msg_to_rgb, depth_msg_to_metres, image_msg_to_rgb
-from vpr_ros.io.poses import PoseTable, interpolate_poses
 from vpr_ros.nodes.markers import LoopClosureLinks, MarkerStyle, delete_all_markers, frame_markers, keyframes_marker
 from vpr_ros.nodes.messages import (
     hypothesis_to_candidates,
@@ -168,7 +167,6 @@ class LocalizeNode(LifecycleNode):
         self.map_loads = 0
         self.frame_id = "map"
         self.odometry = OdometryTrack(timeout=self.config.localizer.sequence.odometry_timeout)
-        self.odometry_poses: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=4096)  # keyframe poses
         self.online_map: OnlineMap | None = None
         self.camera_info: CameraIntrinsics | None = None  # from camera_info, for geometric verification
         self.depth: tuple[float, np.ndarray] | None = None  # latest depth image (stamp, metres), aligned with image
@@ -407,8 +405,7 @@ class LocalizeNode(LifecycleNode):
     def _on_odometry(self, msg: Odometry) -> None:
         p, q = msg.pose.pose.position, msg.pose.pose.orientation
         stamp = stamp_from_msg(msg.header.stamp)
-        self.odometry.add(stamp, (p.x, p.y, p.z))
-        self.odometry_poses.append((stamp, np.array([p.x, p.y, p.z]), np.array([q.x, q.y, q.z, q.w])))
+        self.odometry.add(stamp, (p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -517,7 +514,7 @@ class LocalizeNode(LifecycleNode):
         """Online mode: the frame joins the map when the keyframe spacing allows (after it was answered, so it
         never matches itself); its pose is the odometry pose at its stamp (NaN without odometry), and with
         geometric verification it carries its local features and intrinsics (the image itself is not kept)."""
-        pose = self.odometry_pose_at(stamp)
+        pose = self.odometry.pose_at(stamp)
         travelled = self.odometry.travelled_at(stamp)
         geometry = self.config.geometry
 
@@ -580,18 +577,6 @@ class LocalizeNode(LifecycleNode):
         if geometry.publish_initial_pose and metric:
             self.initial_pose_pub.publish(pose)
         return pose
-
-    def odometry_pose_at(self, stamp: float) -> tuple[np.ndarray, np.ndarray] | None:
-        """The odometry pose at ``stamp`` (interpolated; slerp for the orientation), or None when odometry does
-        not cover it (within the sequence's odometry_timeout)."""
-        history = list(self.odometry_poses)
-        if not history:
-            return None
-        table = PoseTable(names=[""] * len(history), stamps=np.array([h[0] for h in history]),
-                          positions=np.stack([h[1] for h in history]), orientations=np.stack([h[2] for h in history]))
-        positions, orientations, valid = interpolate_poses(table, np.array([stamp]),
-                                                           max_extrapolation=self.odometry.timeout)
-        return (positions[0], orientations[0]) if valid[0] else None
 
     def _on_save_map(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
         """Write the online map in the build_map format (atomic, under the map lock)."""
