@@ -484,16 +484,14 @@ class LocalizeNode(LifecycleNode):
             gate.frames = online.frames  # the map grows; the gate reads the stamps and poses of its rows
         closure = gate.update(hyp) if gate is not None else None
         check = self._check_closure(closure, rgb, localizer, config) if closure is not None else None
-        pose = hypothesis_to_pose(hyp, self.frame_id, config.position_sigma_min,
-                                  config.position_sigma_max, config.yaw_sigma_deg)
+        pose = self._pose_msg(hyp, config)
         if check is not None and check.status == "verified" and config.geometry.metric_pose and pose is not None:
             pose = self._metric_pose(pose, closure, check)
         if pose is not None:
             outputs.pose.publish(pose)
         if config.publish_candidates:
             outputs.candidates.publish(hypothesis_to_pose_array(hyp, self.frame_id))
-            outputs.matches.publish(hypothesis_to_candidates(
-                hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices], localizer.reranker is not None))
+            outputs.matches.publish(self._candidates_msg(hyp, localizer))
         if online is not None and hyp.query is not None:
             self._add_keyframe(online, hyp, rgb, stamp, msg.header.frame_id)
         if closure is not None and check is not None and (
@@ -508,6 +506,16 @@ class LocalizeNode(LifecycleNode):
             self._publish_debug_image(outputs, rgb, hyp, localizer, msg.header.stamp)
         if outputs.markers.get_subscription_count() > 0:
             outputs.markers.publish(frame_markers(hyp, self.frame_id, self.links, self._marker_style))
+
+    def _pose_msg(self, hyp: Hypothesis, config: LocalizeNodeConfig) -> PoseWithCovarianceStamped | None:
+        """~/pose for ``hyp`` (the service answers with the same message)."""
+        return hypothesis_to_pose(hyp, self.frame_id, config.position_sigma_min, config.position_sigma_max,
+                                  config.yaw_sigma_deg)
+
+    def _candidates_msg(self, hyp: Hypothesis, localizer: Localizer) -> PlaceCandidates:
+        """~/matches for ``hyp`` (the service answers with the same message)."""
+        return hypothesis_to_candidates(hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices],
+                                        localizer.reranker is not None)
 
     def _add_keyframe(self, online: OnlineMap, hyp: Hypothesis, rgb: np.ndarray, stamp: float,
                       camera_frame: str) -> int | None:
@@ -656,10 +664,8 @@ class LocalizeNode(LifecycleNode):
             response.success = False
             response.message = f"localization failed: {type(exc).__name__}: {exc}"
             return response
-        response.candidates = hypothesis_to_candidates(hyp, self.frame_id, localizer.refmap.frames.stamps[hyp.indices],
-                                                       localizer.reranker is not None)
-        pose = hypothesis_to_pose(hyp, self.frame_id, config.position_sigma_min, config.position_sigma_max,
-                                  config.yaw_sigma_deg)
+        response.candidates = self._candidates_msg(hyp, localizer)
+        pose = self._pose_msg(hyp, config)
         response.pose_valid = pose is not None
         if pose is not None:
             response.pose = pose
