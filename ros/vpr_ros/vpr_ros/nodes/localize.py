@@ -93,6 +93,7 @@ from vpr_ros.nodes.messages import (
     hypothesis_to_pose,
     hypothesis_to_pose_array,
     loop_closure_to_msg,
+    pose_msg,
     stamp_from_msg,
 )
 from vpr_ros.nodes.parameters import command_line_parameters, declare_config_parameters
@@ -573,9 +574,7 @@ class LocalizeNode(LifecycleNode):
             return pose  # the keyframe's orientation is unknown: nothing to compose with
         position, orientation, metric = query_pose_in_map(closure.position, closure.orientation,
                                                           check.verification, geometry.camera_pose)
-        pose.pose.pose.position.x, pose.pose.pose.position.y, pose.pose.pose.position.z = (float(v) for v in position)
-        (pose.pose.pose.orientation.x, pose.pose.pose.orientation.y, pose.pose.pose.orientation.z,
-         pose.pose.pose.orientation.w) = (float(v) for v in orientation)
+        pose.pose.pose = pose_msg(position, orientation)
         covariance = np.array(pose.pose.covariance).reshape(6, 6)
         rotation_variances = np.diag(check.verification.covariance)[3:]
         covariance[3:, 3:] = np.diag(np.maximum(rotation_variances, 1e-6))  # the verified rotation's, not the prior's

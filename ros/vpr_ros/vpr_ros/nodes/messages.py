@@ -26,7 +26,8 @@ def stamp_from_msg(stamp: Time) -> float:
     return float(stamp.sec) + float(stamp.nanosec) * 1e-9
 
 
-def _pose(position: np.ndarray, orientation: np.ndarray) -> Pose:
+def pose_msg(position: np.ndarray, orientation: np.ndarray) -> Pose:
+    """geometry_msgs/Pose from a position (3,) and a quaternion x y z w (4,; the identity when unknown/NaN)."""
     pose = Pose()
     pose.position.x, pose.position.y, pose.position.z = (float(v) for v in position)
     q = orientation if not np.isnan(orientation).any() else np.array([0.0, 0.0, 0.0, 1.0])
@@ -58,7 +59,7 @@ def hypothesis_to_pose(hyp: Hypothesis, frame_id: str, sigma_min: float, sigma_m
         return None
     msg = PoseWithCovarianceStamped()
     msg.header = Header(stamp=stamp_to_msg(hyp.stamp), frame_id=frame_id)
-    msg.pose.pose = _pose(hyp.positions[0], hyp.orientations[0])
+    msg.pose.pose = pose_msg(hyp.positions[0], hyp.orientations[0])
     msg.pose.covariance = pose_covariance(hyp.confidence, sigma_min, sigma_max, yaw_sigma_deg,
                                           not np.isnan(hyp.orientations[0]).any())
     return msg
@@ -68,7 +69,7 @@ def hypothesis_to_pose_array(hyp: Hypothesis, frame_id: str) -> PoseArray:
     """All candidates with known positions, best first."""
     msg = PoseArray(header=Header(stamp=stamp_to_msg(hyp.stamp), frame_id=frame_id))
     known = ~np.isnan(hyp.positions).any(axis=1)
-    msg.poses = [_pose(p, q) for p, q in zip(hyp.positions[known], hyp.orientations[known], strict=True)]
+    msg.poses = [pose_msg(p, q) for p, q in zip(hyp.positions[known], hyp.orientations[known], strict=True)]
     return msg
 
 
@@ -91,7 +92,7 @@ def hypothesis_to_candidates(hyp: Hypothesis, frame_id: str, ref_stamps: np.ndar
     orientation_known = np.isfinite(hyp.orientations).all(axis=1)
     msg.candidates = [
         PlaceCandidate(ref_id=int(ref_id), ref_stamp=_stamp_or_zero(float(stamp)),
-                       pose=_pose(np.where(pos_ok, position, 0.0), orientation), pose_known=bool(pos_ok),
+                       pose=pose_msg(np.where(pos_ok, position, 0.0), orientation), pose_known=bool(pos_ok),
                        orientation_known=bool(ori_ok), score=float(score), rank=rank)
         for rank, (ref_id, stamp, position, orientation, pos_ok, ori_ok, score) in enumerate(zip(
             hyp.ids, ref_stamps, hyp.positions, hyp.orientations, position_known, orientation_known, hyp.scores,
@@ -153,7 +154,7 @@ def loop_closure_to_msg(closure: LoopClosure, frame_id: str, query_frame_id: str
     return LoopClosureMsg(
         header=Header(stamp=stamp, frame_id=frame_id), query_stamp=stamp, query_frame_id=query_frame_id,
         keyframe_id=int(closure.ref_id), keyframe_stamp=_stamp_or_zero(closure.ref_stamp),
-        keyframe_pose=_pose(np.where(position_known, closure.position, 0.0), closure.orientation),
+        keyframe_pose=pose_msg(np.where(position_known, closure.position, 0.0), closure.orientation),
         keyframe_pose_known=position_known, keyframe_orientation_known=orientation_known,
         relative_pose=verified_relative_pose(verification) if verification else unverified_relative_pose(),
         inliers=int(verification.inliers) if verification else 0, score=float(closure.score),
@@ -163,11 +164,6 @@ def loop_closure_to_msg(closure: LoopClosure, frame_id: str, query_frame_id: str
 
 def verified_relative_pose(verification: Verification) -> PoseWithCovariance:
     """T_query_keyframe of a verification with its 6x6 covariance (x y z roll pitch yaw, query camera frame)."""
-    relative = PoseWithCovariance()
-    position = relative.pose.position
-    position.x, position.y, position.z = (float(v) for v in verification.translation)
-    q = verification.quaternion_xyzw
-    relative.pose.orientation.x, relative.pose.orientation.y, relative.pose.orientation.z, \
-        relative.pose.orientation.w = (float(v) for v in q)
+    relative = PoseWithCovariance(pose=pose_msg(verification.translation, verification.quaternion_xyzw))
     relative.covariance = np.asarray(verification.covariance, dtype=np.float64).ravel().tolist()
     return relative

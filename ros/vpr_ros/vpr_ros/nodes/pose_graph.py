@@ -49,7 +49,7 @@ from vpr_ros.core.pose_graph import (
     verified_closure_edge,
 )
 from vpr_ros.core.pose_graph_config import PoseGraphNodeConfig
-from vpr_ros.nodes.messages import stamp_from_msg, stamp_to_msg
+from vpr_ros.nodes.messages import pose_msg, stamp_from_msg, stamp_to_msg
 from vpr_ros.nodes.parameters import command_line_parameters, declare_config_parameters
 from vpr_ros.nodes.process import run_node
 
@@ -65,11 +65,7 @@ def pose_from_msg(pose: Pose) -> np.ndarray:
 
 def pose_to_msg(matrix: np.ndarray) -> Pose:
     """(4, 4) -> geometry_msgs/Pose."""
-    position, quaternion = position_quaternion(matrix)
-    msg = Pose()
-    msg.position.x, msg.position.y, msg.position.z = (float(v) for v in position)
-    msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = (float(v) for v in quaternion)
-    return msg
+    return pose_msg(*position_quaternion(matrix))
 
 
 class PoseGraphNode(Node):
