@@ -7,6 +7,7 @@ queries): cheap to compute, and real.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +20,26 @@ from vpr_ros.core.localizer import Localizer, LocalizerConfig, QueryFeatures
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
-from vpr_ros.core.sequence_model import SequenceDescriptorModel, SequenceModelError
+from vpr_ros.core.sequence_model import SequenceDescriptorModel, SequenceModelError, frame_encoder_identity
 from vpr_ros.io.images import folder_source
 from vpr_training.seqnet import SeqNet, SeqNetConfig, TraversalDescriptors, export_seqnet, train_seqnet
 
-THUMBNAIL = EncoderConfig(model="thumbnail:32x16,patch=8")  # 512-d: a small SeqNet
+THUMBNAIL = EncoderConfig(model="thumbnail:16x8,patch=4")  # 128-d: a small SeqNet
 PLACES = 360
 LENGTH = 5
+MAP_DIR: list[Path] = []
 
 
 @pytest.fixture(scope="module")
 def nordland_map(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> tuple[ReferenceMap, np.ndarray]:
-    """The first PLACES summer frames as a map, and the winter frames' descriptors."""
+    """The first PLACES summer frames as a map (written to disk: ``refmap.provenance['path']`` is not kept, so
+    the node test reads it from ``MAP_DIR``), and the winter frames' descriptors."""
     data = repo / "data" / "nordland_part1"
     rows = np.arange(PLACES)
     summer = folder_source(data / "summer").take(rows)
     winter = folder_source(data / "winter").take(rows)
     out = tmp_path_factory.mktemp("seqmodel") / "map"
+    MAP_DIR.append(out)
     encoder = make_encoder(THUMBNAIL)
     refmap = build_map(summer, out, BuildMapConfig(encoder=THUMBNAIL), progress=False, encoder=encoder)
     loc = Localizer(refmap, encoder, LocalizerConfig(encoder=THUMBNAIL))
@@ -44,7 +48,7 @@ def nordland_map(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> tuple[
 
 
 def identity(refmap: ReferenceMap) -> dict:
-    return {"id": refmap.encoder["id"], "descriptor_dim": refmap.dim}  # weights-free: identified by its id
+    return frame_encoder_identity(refmap.encoder, refmap.dim)
 
 
 def export(model: SeqNet, refmap: ReferenceMap, queries: np.ndarray, out: Path, name: str = "seq") -> Path:
@@ -108,7 +112,7 @@ def test_a_model_of_another_encoder_or_a_changed_file_is_refused(nordland_map, t
     refmap, queries = nordland_map
     model = SeqNet(refmap.dim, LENGTH * refmap.dim, LENGTH).init_as_concatenation()
     path = export(model, refmap, queries, tmp_path)
-    other = {**refmap.encoder, "id": "other_encoder"}
+    other = {**refmap.encoder, "id": "other_encoder", "spec_sha256": "f" * 64}
     with pytest.raises(SequenceModelError, match=r"trained on descriptors of encoder .* other_encoder"):
         SequenceDescriptorModel(path).check_map(other, refmap.dim)
     card = yaml.safe_load(path.with_suffix(".yaml").read_text())
@@ -126,3 +130,47 @@ def test_learned_methods_need_a_model():
     with pytest.raises(ValueError, match=r"needs sequence\.model"):
         SequenceConfig(method="hierarchical")
     assert dataclasses.replace(SequenceConfig(), method="seqslam").model == ""
+
+
+@pytest.mark.ros
+def test_the_node_runs_the_hierarchical_method_and_refuses_a_foreign_model(start_localize, nordland_map,
+                                                                             tmp_path: Path, repo: Path):
+    """A real localize node with ``sequence.method: hierarchical`` answers as the core Localizer does; a
+    sequence model of another encoder, set while it runs, is refused and the running method stays."""
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    from vpr_ros.core.image import load_rgb
+    from vpr_ros.nodes.replay import rgb_to_image_msg
+
+    refmap, queries = nordland_map
+    model = SeqNet(refmap.dim, LENGTH * refmap.dim, LENGTH).init_as_concatenation()
+    path = export(model, refmap, queries, tmp_path)
+    sequence = {"localizer.sequence.method": "hierarchical", "localizer.sequence.length": LENGTH,
+                "localizer.sequence.model": str(path), "localizer.sequence.shortlist": 10}
+    endpoint = start_localize(MAP_DIR[0], "/seqnet", model=THUMBNAIL.model, **sequence)
+    images = sorted((repo / "data" / "nordland_part1" / "winter").glob("*.png"))[100:130]
+    answers = []
+    for i, image in enumerate(images):
+        answer = endpoint.client.send_and_wait(rgb_to_image_msg(load_rgb(image), 1000.0 + i), timeout=30)
+        assert answer is not None, f"no answer for winter frame {100 + i}"
+        answers.append(int(answer.ref_ids[0]))
+    expected = run(refmap, queries[100:130], SequenceConfig(method="hierarchical", length=LENGTH, model=str(path),
+                                                            shortlist=10))
+    assert answers == [int(refmap.frames.ids[r]) for r in expected]
+
+    other = tmp_path / "other"
+    other.mkdir()
+    thumbnail_64 = make_encoder(EncoderConfig(model="thumbnail:64x32,patch=8")).describe()
+    foreign = export_seqnet(model, other, "foreign", length=LENGTH,
+                            frame_encoder={**frame_encoder_identity(thumbnail_64, refmap.dim), "id": "thumbnail 64x32"},
+                            check_windows=queries[:8, None].repeat(LENGTH, axis=1)).with_suffix(".onnx")
+    parameters = AsyncParameterClient(endpoint.client, "/seqnet/localize")
+    assert parameters.wait_for_services(timeout_sec=10)
+    future = parameters.set_parameters([Parameter("localizer.sequence.model", value=str(foreign))])
+    deadline = time.monotonic() + 30
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (result,) = future.result().results
+    assert not result.successful and "trained on descriptors of encoder thumbnail 64x32" in result.reason
+    assert endpoint.node.localizer.sequence.model.path == path

@@ -294,13 +294,12 @@ class AdaptRun:
         """One SeqNet per sequence length on the adapted encoder's descriptors (query <-> map, both ways)."""
         import dataclasses
 
-        from vpr_ros.core.sequence_model import SequenceModelCard
+        from vpr_ros.core.sequence_model import SequenceModelCard, frame_encoder_identity
         from vpr_training.seqnet import export_seqnet, train_seqnet
 
         desc = descriptors["adapted"]
         refmap = maps["adapted"].refmap
-        identity = {"id": refmap.encoder.get("id"), "onnx_sha256": refmap.encoder["onnx_sha256"],
-                    "descriptor_dim": refmap.dim}
+        identity = frame_encoder_identity(refmap.encoder, refmap.dim)
         scale = 1.0 if self.route.aligned else float(np.median(np.diff(self.route.coordinate)) or 1.0)
         models: dict[int, str] = {}
         for length in self.config.sequence_lengths:

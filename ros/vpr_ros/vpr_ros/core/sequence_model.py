@@ -19,7 +19,7 @@ The card is ``<stem>.yaml`` beside ``<stem>.onnx``::
     onnx_file, onnx_sha256, onnx_opset
     input:  {name: sequence, layout: NLD, length: L (trained), dim: D}
     output: {name: descriptor, dim: P}
-    frame_encoder: {id, onnx_sha256 (models with weights), descriptor_dim}
+    frame_encoder: {id, onnx_sha256 or spec_sha256, descriptor_dim}   (frame_encoder_identity)
     <sections>            training data, metrics, parity
     created
 
@@ -47,6 +47,17 @@ from vpr_ros.errors import InputError
 SEQUENCE_CARD_FORMAT = "vpr_ros.sequence_model"
 SEQUENCE_CARD_VERSION = 1
 _EPS = 1e-12
+
+
+#: What identifies the frame encoder a sequence model was trained on, most specific first: the ONNX file's
+#: sha256, a weights-free encoder's spec sha256 (thumbnails), else its id.
+IDENTITY_KEYS = ("onnx_sha256", "spec_sha256", "id")
+
+
+def frame_encoder_identity(encoder: Mapping[str, Any], descriptor_dim: int) -> dict[str, Any]:
+    """The ``frame_encoder`` entry of a sequence-model card for a map's (or encoder's) identity dict."""
+    return {"id": encoder.get("id"), **{k: encoder[k] for k in IDENTITY_KEYS[:2] if k in encoder},
+            "descriptor_dim": int(descriptor_dim)}
 
 
 class SequenceModelError(InputError):
@@ -102,9 +113,8 @@ class SequenceModelCard:
             raise SequenceModelError(f"{where}: onnx_file {card.onnx_file!r} must be a file name beside the card")
         if min(card.length, card.input_dim, card.output_dim) < 1:
             raise SequenceModelError(f"{where}: input length / dim and output dim must be >= 1")
-        if "descriptor_dim" not in card.frame_encoder or not ({"onnx_sha256", "id"} & set(card.frame_encoder)):
-            raise SequenceModelError(f"{where}: frame_encoder needs descriptor_dim and onnx_sha256 (or, for a "
-                                     "weights-free encoder, id)")
+        if "descriptor_dim" not in card.frame_encoder or not (set(IDENTITY_KEYS) & set(card.frame_encoder)):
+            raise SequenceModelError(f"{where}: frame_encoder needs descriptor_dim and one of {list(IDENTITY_KEYS)}")
         return card
 
     @classmethod
@@ -169,7 +179,7 @@ class SequenceDescriptorModel:
             descriptor_dim: the map's global descriptor dimension.
         """
         want = self.card.frame_encoder
-        key = "onnx_sha256" if "onnx_sha256" in want else "id"  # weights-free encoders have no file to hash
+        key = next(k for k in IDENTITY_KEYS if k in want)
         if int(want["descriptor_dim"]) != int(descriptor_dim) or encoder.get(key) != want[key]:
             raise SequenceModelError(
                 f"sequence model {self.path.name} was trained on descriptors of encoder "
