@@ -112,7 +112,9 @@ def train_config_overrides(config: AdaptConfig, splits: Path, size: tuple[int, i
     return {
         "seed": config.seed, "epochs": config.epochs, "iterations_per_epoch": config.iterations_per_epoch,
         "patience": config.patience, "batch_size": 4, "image_height": size[0], "image_width": size[1],
-        "eval_batch_size": 32, "workers": 0, "cache_images": 6000, "probe_tuples": 24, "device": config.device,
+        "eval_batch_size": 32, "workers": 0, "probe_tuples": 24, "device": config.device,
+        # Decoded, resized images kept in memory: at most about 1 GB of them (float32 RGB).
+        "cache_images": max(0, min(6000, int(1e9 // (size[0] * size[1] * 3 * 4)))),
         "train.kind": "list", "train.list_file": str(splits / "train.csv"),
         "val.kind": "list", "val.list_file": str(splits / "val.csv"),
         "mining.subset_size": subset, "mining.refresh_every": 10, "mining.cached_negatives": subset,
@@ -199,6 +201,11 @@ class AdaptRun:
 
         cfg = load_train_config(None, overrides)
         resume = self.steps.done.get("train_started") == key
+        metrics = run_dir / "metrics.json"
+        if resume and best.is_file() and metrics.is_file() and "final" in json.loads(metrics.read_text()):
+            # Training finished (possibly stopped early) but the run was interrupted before it was recorded.
+            self.steps.mark("train", key)
+            return best
         self.steps.mark("train_started", key)
         Trainer(cfg, run_dir, resume=resume, progress=self.progress).run()
         self.steps.mark("train", key)
