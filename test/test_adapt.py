@@ -111,3 +111,30 @@ def test_vpr_adapt_end_to_end_shows_the_held_out_gain(small_route: Path, tmp_pat
     again = json.loads((out / "report.json").read_text())
     assert again["results"] == report["results"] and (out / "state.json").read_text() == state
     assert {p: p.stat().st_mtime_ns for p in written} == written  # nothing trained or exported again
+
+
+def test_bag_traversals_are_read_with_their_poses_and_written_once_as_images(corridor: Path, tmp_path: Path):
+    """``--bag NAME=BAG`` traversals: frames and poses from the topics, images written once under <out>/frames."""
+    import argparse
+
+    from samples import write_corridor_bag
+
+    argv = []
+    for part in ("ref", "query"):
+        topics = write_corridor_bag(tmp_path / f"{part}.mcap", corridor, part, "mcap", "rgb8", "odometry", count=40)
+        argv += ["--bag", f"{part}={tmp_path / f'{part}.mcap'}"]
+    out = tmp_path / "run"
+    args = cli.build_parser().parse_args([*argv, "--image-topic", topics["image_topic"], "--pose-topic",
+                                          topics["pose_topic"], "--out", str(out), "--no-progress"])
+    traversals = cli.read_traversals(args, argparse.ArgumentParser())
+    assert [t.name for t in traversals] == ["ref", "query"] and all(len(t) == 40 for t in traversals)
+    first = out / "frames" / "ref" / "0000000.png"
+    assert traversals[0].images[0] == str(first.resolve())
+    from vpr_ros.core.image import load_rgb
+
+    assert np.array_equal(load_rgb(first), traversals[0].source.load_image(0))
+    route = build_route(traversals, "ref", aligned=False)
+    assert (route.place_of["query"] >= 0).all() and route.coordinate[-1] > 0
+    written = first.stat().st_mtime_ns
+    cli.read_traversals(args, argparse.ArgumentParser())  # a rerun keeps the frames already written
+    assert first.stat().st_mtime_ns == written
