@@ -157,6 +157,8 @@ class TrainConfig:
         32, "training tuples mined once with the initial model whose loss is measured after every epoch (a "
         "fixed yardstick: the training loss itself is measured on ever harder mined tuples; 0 = off)", min=0)
     log_every: int = setting(10, "iterations between TensorBoard scalars", min=1)
+    patience: int = setting(0, "early stopping: stop after this many epochs without a better validation recall "
+                            "(validation.select_on); 0 = train all epochs", min=0)
     train: DatasetConfig = section(DatasetConfig)
     val: DatasetConfig = section(DatasetConfig)
     mining: MiningConfig = section(MiningConfig)

@@ -473,6 +473,10 @@ class Trainer:
             self._log_epoch(record)
             for hook in self.hooks:
                 hook.on_epoch_end(self, epoch, record)
+            if cfg.patience and epoch - int(self.best.get("epoch", 0)) >= cfg.patience:
+                log.info("early stopping after epoch %d: no better validation %s for %d epochs (best: epoch %d)",
+                         epoch, select, cfg.patience, self.best.get("epoch", 0))
+                break
         result = self.finish()
         for hook in self.hooks:
             hook.on_train_end(self, result)

@@ -19,6 +19,10 @@ Layouts
           (``dbImage``, ``utmDb``, ``qImage``, ``utmQ``) or an ``.npz`` with ``db_images``, ``db_utm``
           (N, 2), ``query_images``, ``query_utm`` (Q, 2) and optionally ``query_night`` (Q,); database
           image names are relative to ``root``, query names to ``query_root`` (default: ``root``).
+``list``  One CSV file (``list_file``) with a header ``role,image,x,y,heading``: one row per image, ``role``
+          ``query`` or ``db``, position ``x, y`` and heading in degrees (empty = unknown). ``vpr-adapt`` writes
+          its train / validation splits this way, so any traversals it reads (folders, bags, aligned seasons)
+          reach the trainer alike.
 ``nordland`` ``root/<season>/images-NNNNN.png`` (the Nordland frames, read by
           :func:`vpr_ros.io.datasets.nordland.season_frames`): query season ``query_season``, database season
           ``db_season``; the position of a frame is its number in the full-rate video
@@ -69,6 +73,9 @@ class DatasetConfig:
                           "single-channel PNG of class ids per image (empty = none); see data.label_maps")
     labels_base: str = setting("", "folder the image paths are taken relative to when finding their label maps "
                                "(empty = the deepest folder holding all images of the split)")
+    list_file: str = setting("", "list: CSV with a header 'role,image,x,y,heading' (role query or db; heading in "
+                             "degrees, empty if unknown; image paths absolute or relative to the file), as vpr-adapt "
+                             "writes for its splits")
     label_mapping: str = setting("identity", "raw label ids -> model classes: identity, ade20k_6, or a YAML file "
                                  "of 'raw_id: class_id' lines")
 
@@ -196,6 +203,44 @@ def read_folders(config: DatasetConfig) -> PlaceSet:
                     db_headings=d_yaw if has_heading else None, query_headings=q_yaw if has_heading else None,
                     info={"layout": "folders", "query_dir": config.query_dir, "db_dir": config.db_dir,
                           "first": config.first, "count": config.count, "stride": config.stride})
+
+
+@register_reader("list")
+def read_list(config: DatasetConfig) -> PlaceSet:
+    """A CSV list of query and database images with positions (module docstring)."""
+    import csv
+
+    path = _need(config.list_file, "list_file", "list")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"role", "image", "x", "y"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"list_file {path}: missing columns {sorted(missing)} (header: role,image,x,y,heading)")
+        rows = list(reader)
+    sides: dict[str, dict[str, list]] = {"query": {"images": [], "xy": [], "heading": []},
+                                          "db": {"images": [], "xy": [], "heading": []}}
+    for line, row in enumerate(rows, start=2):
+        role = row["role"].strip()
+        if role not in sides:
+            raise ValueError(f"list_file {path}, line {line}: role {role!r} is not 'query' or 'db'")
+        image = Path(row["image"])
+        sides[role]["images"].append(str(image if image.is_absolute() else path.parent / image))
+        try:
+            sides[role]["xy"].append((float(row["x"]), float(row["y"])))
+            heading = (row.get("heading") or "").strip()
+            sides[role]["heading"].append(float(heading) if heading else np.nan)
+        except ValueError:
+            raise ValueError(f"list_file {path}, line {line}: x, y and heading must be numbers") from None
+    for role, side in sides.items():
+        if not side["images"]:
+            raise ValueError(f"list_file {path}: no '{role}' rows")
+    q, d = sides["query"], sides["db"]
+    q_heading, d_heading = np.asarray(q["heading"], float), np.asarray(d["heading"], float)
+    has_heading = not (np.isnan(q_heading).all() or np.isnan(d_heading).all())
+    return PlaceSet(name=f"list:{path.name}", db_images=d["images"], db_positions=np.asarray(d["xy"], float),
+                    query_images=q["images"], query_positions=np.asarray(q["xy"], float),
+                    db_headings=d_heading if has_heading else None, query_headings=q_heading if has_heading else None,
+                    info={"layout": "list", "list_file": str(path)})
 
 
 # ---- Pitts / Tokyo -------------------------------------------------------------------------------

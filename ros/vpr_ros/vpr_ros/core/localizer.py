@@ -199,7 +199,10 @@ class Localizer:
         return Reranker(self.refmap, spec, config) if spec is not None else None
 
     def _build_sequence(self, config: SequenceConfig, top_k: int) -> SequenceMatcher | None:
-        return SequenceMatcher(config, self.refmap.descriptors, top_k) if config.method != "none" else None
+        if config.method == "none":
+            return None
+        encoder = self.refmap.encoder if isinstance(self.refmap, ReferenceMap) else self.refmap.encoder_identity
+        return SequenceMatcher(config, self.refmap.descriptors, top_k, map_encoder=encoder)
 
     @property
     def config(self) -> LocalizerConfig:

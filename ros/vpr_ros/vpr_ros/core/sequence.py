@@ -36,15 +36,21 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from vpr_ros.config import setting
+from vpr_ros.core.paths import resolve_path
 from vpr_ros.core.sequence_buffer import BufferedFrame, FrameBuffer, SequenceWindow
+from vpr_ros.core.sequence_model import SequenceDescriptorModel, SequenceModelError, window_rows
 
-SEQUENCE_METHODS = ("none", "seqslam", "seq2im_min", "seq2im_mode", "seq2seq_max", "seq2seq_avg", "seq2seq_cat")
+SEQUENCE_METHODS = ("none", "seqslam", "seq2im_min", "seq2im_mode", "seq2seq_max", "seq2seq_avg", "seq2seq_cat",
+                    "learned", "hierarchical")
+#: Methods that run a learned sequence model (``SequenceConfig.model``).
+LEARNED_METHODS = ("learned", "hierarchical")
 POOLINGS = ("max", "avg", "cat")
 _EPS = 1e-12
 
@@ -56,8 +62,15 @@ class SequenceConfig:
     method: str = setting(
         "none", "none = single-frame answers; seqslam = SeqSLAM sequence matching along the route (needs a map "
         "made from a traversal, frames in driving order); seq2im_min / seq2im_mode = per-frame retrieval fused "
-        "by MIN distance / MODE vote; seq2seq_max / _avg / _cat = pooled sequence descriptors",
+        "by MIN distance / MODE vote; seq2seq_max / _avg / _cat = pooled sequence descriptors; learned = the "
+        "learned sequence descriptor of 'model' (SeqNet); hierarchical = its shortlist re-scored by SeqSLAM",
         choices=SEQUENCE_METHODS)
+    model: str = setting(
+        "", "learned / hierarchical: the sequence model (.onnx with its .yaml card beside it, written by "
+        "vpr-adapt); it must have been trained on the map's encoder")
+    shortlist: int = setting(
+        20, "hierarchical: map places the learned sequence descriptor shortlists; SeqSLAM re-scores only "
+        "these (SeqNet's S_L -> SeqMatch)", min=1)
     length: int = setting(10, "frames in a query sequence: the current frame and the buffered ones before it",
                           min=1)
     min_time_spacing: float = setting(
@@ -94,6 +107,9 @@ class SequenceConfig:
     def __post_init__(self) -> None:
         if self.velocity_max < self.velocity_min:
             raise ValueError("sequence.velocity_max must be >= sequence.velocity_min")
+        if self.method in LEARNED_METHODS and not self.model:
+            raise ValueError(f"sequence.method {self.method!r} needs sequence.model (a sequence model from "
+                             "vpr-adapt)")
 
     @property
     def velocities(self) -> np.ndarray:
@@ -124,15 +140,6 @@ def pool_sequence(descriptors: np.ndarray, pooling: str) -> np.ndarray:
     if pooling == "cat":
         return _l2(descriptors.reshape(-1))
     raise ValueError(f"pool_sequence: pooling {pooling!r} is not one of {list(POOLINGS)}")
-
-
-def window_rows(num_rows: int, length: int) -> np.ndarray:
-    """Rows of the window of ``length`` consecutive map frames ending at each row (start clamped to row 0).
-
-    Shape:
-        returns (num_rows, length) int64, oldest first.
-    """
-    return np.clip(np.arange(num_rows)[:, None] - np.arange(length - 1, -1, -1)[None, :], 0, None)
 
 
 def reference_sequences(descriptors: np.ndarray, length: int, pooling: str) -> np.ndarray:
@@ -399,7 +406,15 @@ class SequenceMatcher:
         result = matcher.fuse(descriptor, rows, scores, stamp=12.5)   # SequenceResult: rows, scores, frames
     """
 
-    def __init__(self, config: SequenceConfig, descriptors: np.ndarray, top_k: int) -> None:
+    def __init__(self, config: SequenceConfig, descriptors: np.ndarray, top_k: int,
+                 map_encoder: Mapping[str, Any] | None = None) -> None:
+        """Args:
+            config: the sequence stage's settings.
+            descriptors: (N, P) the map's frame descriptors, rows in driving order.
+            top_k: candidates per answer.
+            map_encoder: the map manifest's encoder identity; a learned method's model is checked against it
+                (:meth:`SequenceDescriptorModel.check_map`).
+        """
         if config.method not in SEQUENCE_METHODS or config.method == "none":
             raise ValueError(f"sequence method {config.method!r}: expected one of {list(SEQUENCE_METHODS[1:])}")
         self.config = config
@@ -411,6 +426,15 @@ class SequenceMatcher:
         self._lock = threading.Lock()
         self._centred: np.ndarray | None = None
         self._pooled: tuple[np.ndarray, object] | None = None
+        self._learned: object | None = None
+        self.model: SequenceDescriptorModel | None = None
+        if config.method in LEARNED_METHODS:
+            self.model = SequenceDescriptorModel(resolve_path(config.model, what="sequence.model"))
+            if map_encoder is not None:
+                self.model.check_map(map_encoder, descriptors.shape[1])
+            elif self.model.card.input_dim != descriptors.shape[1]:
+                raise SequenceModelError(f"sequence model {config.model} takes {self.model.card.input_dim}-d "
+                                         f"frame descriptors, the map has {descriptors.shape[1]}-d")
 
     @property
     def candidates_needed(self) -> int:
@@ -447,6 +471,7 @@ class SequenceMatcher:
             self.num_rows = len(descriptors)
             self._centred = None
             self._pooled = None
+            self._learned = None
             for frame in self.buffer.frames():
                 frame.cache = None
 
@@ -456,6 +481,18 @@ class SequenceMatcher:
         if self._centred is None:
             self._centred = locally_centred(self.descriptors, self.config.window)
         return self._centred
+
+    def _learned_index(self) -> object:
+        """FAISS inner-product index of the learned descriptors of every map window (built on first use)."""
+        if self._learned is None:
+            import faiss
+
+            assert self.model is not None
+            described = self.model.describe_map(self.descriptors, self.config.length)
+            index = faiss.IndexFlatIP(described.shape[1])
+            index.add(np.ascontiguousarray(described))
+            self._learned = index
+        return self._learned
 
     def _pooled_index(self) -> tuple[np.ndarray, object]:
         if self._pooled is None:
@@ -487,6 +524,10 @@ class SequenceMatcher:
                 out_rows, out_scores = self._seqslam(window)
             elif method.startswith("seq2im"):
                 out_rows, out_scores = self._seq2im(window)
+            elif method == "learned":
+                out_rows, out_scores = self._learned_search(window, self.top_k)
+            elif method == "hierarchical":
+                out_rows, out_scores = self._hierarchical(window)
             else:
                 out_rows, out_scores = self._seq2seq(window)
         return SequenceResult(out_rows[: self.top_k], out_scores[: self.top_k], len(window),
@@ -505,6 +546,33 @@ class SequenceMatcher:
             ends = candidate_ends([f.rows[:k] for f in window.frames], velocities, window.offsets, self.num_rows)
         scores, _ = sequence_scores([f.cache for f in window.frames], ends, velocities, window.offsets,
                                     self.num_rows, self.config.length)
+        return suppress_neighbours(ends, scores, self.config.window // 2, self.top_k)
+
+    def _learned_search(self, window: SequenceWindow, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The map windows nearest to the query window's learned descriptor.
+
+        A sequence still filling up is padded with its oldest frame, as the map windows at the map's start
+        repeat row 0, so query and map windows are always ``length`` frames.
+        """
+        assert self.model is not None
+        frames = [window.frames[0]] * (self.config.length - len(window)) + window.frames
+        query = self.model.describe(np.stack([f.descriptor for f in frames])[None])
+        sims, idx = self._learned_index().search(query, min(k, self.num_rows))  # type: ignore[attr-defined]
+        keep = idx[0] >= 0
+        return idx[0][keep].astype(np.int64), sims[0][keep].astype(np.float32)
+
+    def _hierarchical(self, window: SequenceWindow) -> tuple[np.ndarray, np.ndarray]:
+        """SeqNet's hierarchy: the learned descriptor shortlists map places, SeqSLAM re-scores the shortlist.
+
+        SeqSLAM's velocity search then settles where along the shortlisted stretch the sequence ends; its
+        score orders the answer (so scores are SeqSLAM scores, as with ``method: seqslam``).
+        """
+        ends, _ = self._learned_search(window, self.config.shortlist)
+        for f in window.frames:
+            if f.cache is None:
+                f.cache = CentredSimilarities(f.descriptor, self.centred, dense=False)
+        scores, _ = sequence_scores([f.cache for f in window.frames], ends, self.config.velocities,
+                                    window.offsets, self.num_rows, self.config.length)
         return suppress_neighbours(ends, scores, self.config.window // 2, self.top_k)
 
     def _seq2im(self, window: SequenceWindow) -> tuple[np.ndarray, np.ndarray]:
