@@ -6,8 +6,12 @@ lives in a module of its own that registers its format(s) when imported; the imp
 """
 
 # Built-in formats: each module registers its own at import (one line each, sorted).
+import vpr_training.zoo.anyloc
+import vpr_training.zoo.boq
+import vpr_training.zoo.megaloc
 import vpr_training.zoo.netvlad_vgg16
-import vpr_training.zoo.patchnetvlad  # noqa: F401
+import vpr_training.zoo.patchnetvlad
+import vpr_training.zoo.salad  # noqa: F401
 from vpr_training.zoo.registry import (
     IMAGENET,
     BuiltModel,

@@ -12,7 +12,7 @@ key                                    shape                  what
 ``cls_token``                          (1, 1, D)              class token
 ``pos_embed``                          (1, 1 + M*M, D)        position embeddings of the class token and of an
                                                               M x M patch grid (M = 518 / 14 = 37)
-``mask_token``                         (1, D)                 used in training only (kept for strict loading)
+``mask_token``                         (1, D)                 used in training only (read if present)
 ``register_tokens``                    (1, R, D)              ``*_reg`` models only (refused here, see below)
 ``patch_embed.proj.weight / .bias``    (D, 3, 14, 14) / (D,)  patch embedding as a stride-14 convolution
 ``blocks.N.norm1.weight / .bias``      (D,)                   pre-attention LayerNorm (eps 1e-6)
@@ -37,20 +37,26 @@ input's size inside the graph, so one exported ONNX file accepts every input who
 (``dinov2_vit*14_reg``) interpolate with antialiasing and no offset; none of the VPR models imported here uses
 them, so their checkpoints are refused with a clear error rather than run slightly differently.
 
-Images enter as RGB float32 in 0..255; :class:`ImageNetInput` applies the ``ToTensor`` + ``Normalize`` (ImageNet
-mean and std) every DINOv2-based VPR model was trained with.
+The module takes ImageNet-normalised images (every DINOv2-based VPR model here is trained with ``ToTensor`` +
+``Normalize(ImageNet mean, std)``); the formats wrap it in :class:`vpr_training.zoo.registry.NormalisedInput`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.nn import functional as F
 
+from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
 from vpr_ros.errors import InputError
+from vpr_training.zoo import convert as zoo_convert
+from vpr_training.zoo.registry import LayoutError, get_format
 
 PATCH_SIZE = 14
 HEAD_DIM = 64
@@ -59,8 +65,6 @@ LAYER_NORM_EPS = 1e-6
 INTERPOLATE_OFFSET = 0.1
 #: Keys' cubic convolution parameter used by PyTorch's bicubic upsampling.
 CUBIC_A = -0.75
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class InputSizeError(InputError):
@@ -87,6 +91,7 @@ class ViTSpec:
     pos_grid: int          # M: pos_embed covers an M x M patch grid (37 for the hub's 518-pixel training size)
     ffn: str               # "mlp" (GELU MLP) or "swiglu" (ViT-g)
     ffn_hidden: int        # hidden width of the FFN (4D for "mlp", F with w12 = 2F rows for "swiglu")
+    mask_token: bool = True  # the hub models have one (training only); re-implementations may drop it
 
     @property
     def num_heads(self) -> int:
@@ -97,14 +102,14 @@ class ViTSpec:
         """Read the spec from the keys and shapes under ``prefix`` (e.g. ``backbone.model.``)."""
         try:
             if f"{prefix}register_tokens" in state:
-                raise InputError(f"the DINOv2 weights under {prefix or 'the top level'!r} have register tokens "
+                raise LayoutError(f"the DINOv2 weights under {prefix or 'the top level'!r} have register tokens "
                                  "(a dinov2_vit*14_reg model): not supported (their antialiased position-embedding "
                                  "interpolation differs); use the plain dinov2_vit*14 weights")
             d = int(state[f"{prefix}cls_token"].shape[-1])
             n_pos = int(state[f"{prefix}pos_embed"].shape[1]) - 1
             m = round(n_pos ** 0.5)
             if m * m != n_pos:
-                raise InputError(f"{prefix}pos_embed covers {n_pos} patches, not a square grid")
+                raise LayoutError(f"{prefix}pos_embed covers {n_pos} patches, not a square grid")
             depth = 1 + max(int(k[len(prefix) + 7:].split(".")[0]) for k in state
                             if k.startswith(f"{prefix}blocks."))
             if f"{prefix}blocks.0.mlp.w12.weight" in state:
@@ -112,17 +117,19 @@ class ViTSpec:
             else:
                 ffn, hidden = "mlp", int(state[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0])
             if tuple(state[f"{prefix}patch_embed.proj.weight"].shape[1:]) != (3, PATCH_SIZE, PATCH_SIZE):
-                raise InputError(f"{prefix}patch_embed.proj.weight has shape "
+                raise LayoutError(f"{prefix}patch_embed.proj.weight has shape "
                                  f"{tuple(state[f'{prefix}patch_embed.proj.weight'].shape)}, expected a 14x14 "
                                  "RGB patch embedding (D, 3, 14, 14)")
         except (KeyError, ValueError) as exc:
-            if isinstance(exc, InputError):
+            if isinstance(exc, LayoutError):
                 raise
-            raise InputError(f"not a DINOv2 ViT/14 state dict under {prefix or 'the top level'!r}: missing or "
+            raise LayoutError(f"not a DINOv2 ViT/14 state dict under {prefix or 'the top level'!r}: missing or "
                              f"malformed {exc}") from None
         if d % HEAD_DIM:
-            raise InputError(f"{prefix}cls_token has {d} channels, not a multiple of DINOv2's {HEAD_DIM}-channel heads")
-        return cls(embed_dim=d, depth=depth, pos_grid=m, ffn=ffn, ffn_hidden=hidden)
+            raise LayoutError(f"{prefix}cls_token has {d} channels, not a multiple of DINOv2's {HEAD_DIM}-channel "
+                              "heads")
+        return cls(embed_dim=d, depth=depth, pos_grid=m, ffn=ffn, ffn_hidden=hidden,
+                   mask_token=f"{prefix}mask_token" in state)
 
 
 #: The torch.hub models (dinov2/hub/backbones.py) and a shallow one for tests (2 blocks, 128 channels, 6x6 grid).
@@ -162,19 +169,6 @@ def bicubic_matrix(n_out: torch.Tensor | int, m: int, offset: float = INTERPOLAT
         index = torch.clamp(base + tap, 0.0, float(m - 1))
         matrix = matrix + _cubic_weight(distance)[:, None] * (index[:, None] == columns[None, :]).to(torch.float32)
     return matrix
-
-
-class ImageNetInput(nn.Module):
-    """RGB float32 0..255 -> ``(x / 255 - mean) / std`` with ImageNet statistics (ToTensor + Normalize)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0),
-                             persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) * self.inv_std
 
 
 class PatchEmbed(nn.Module):
@@ -279,7 +273,8 @@ class DinoV2(nn.Module):
         self.patch_embed = PatchEmbed(d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + spec.pos_grid ** 2, d))
-        self.mask_token = nn.Parameter(torch.zeros(1, d))
+        if spec.mask_token:
+            self.mask_token = nn.Parameter(torch.zeros(1, d))
         self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.depth))
         self.norm = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
@@ -351,3 +346,50 @@ def random_vit_state(spec: ViTSpec, generator: torch.Generator, prefix: str = ""
             value = torch.randn(shape, generator=generator) / fan_in ** 0.5
         state[prefix + name] = value.contiguous()
     return state
+
+
+# ---- what the DINOv2-based formats share ----------------------------------------------------------------------
+
+#: The input-size rule of every DINOv2-based export (the card's ``input_size_rule``).
+SIZE_RULE = ("any height and width that are multiples of 14 (the patch size; other sizes are refused with a clear "
+             "error): the position embeddings are interpolated inside the graph for the input's patch grid "
+             "(bicubic, as the official interpolate_pos_encoding), so one export serves every map size")
+_VIT_NAMES = {384: "ViT-S/14", 768: "ViT-B/14", 1024: "ViT-L/14", 1536: "ViT-g/14"}
+
+
+def vit_name(spec: ViTSpec) -> str:
+    """'DINOv2 ViT-B/14' for the hub sizes, else the width and depth (shallow test models)."""
+    name = _VIT_NAMES.get(spec.embed_dim) if spec.depth in (12, 24, 40) else None
+    return f"DINOv2 {name}" if name else f"DINOv2 ViT/14 ({spec.embed_dim} channels, {spec.depth} blocks)"
+
+
+def vit_details(spec: ViTSpec) -> dict[str, object]:
+    """The backbone's facts for the model card's ``source`` section."""
+    return {"backbone": vit_name(spec), "embed_dim": spec.embed_dim, "blocks": spec.depth, "heads": spec.num_heads,
+            "ffn": spec.ffn, "position_grid": [spec.pos_grid, spec.pos_grid],
+            "position_interpolation": f"bicubic, scale (n + {INTERPOLATE_OFFSET}) / {spec.pos_grid}, in the graph"}
+
+
+def require_size_multiple(card_path: Path) -> None:
+    """Mark the card at ``card_path`` so that encoders refuse inputs whose sides are not multiples of its
+    ``input.size_multiple`` (``input.size_multiple_required``; checked by vpr_ros' OnnxEncoder): a ViT/14 graph
+    would otherwise silently drop the pixels beyond the last whole patch."""
+    card = ModelCard.load(card_path)
+    raw = card.to_dict()
+    raw["input"]["size_multiple_required"] = True
+    write_model_card(card_path, ModelCard.from_dict(raw, where=str(card_path)))
+
+
+def size_checked_convert(format_name: str) -> Callable[[Path, Path, str, Sequence[np.ndarray]], Path]:
+    """An ``ImportFormat.convert`` hook: the shared conversion of :mod:`vpr_training.zoo.convert`, then, for a
+    ViT/14 export (size multiple 14; not e.g. BoQ's ResNet-50 release, which takes any size), the card marked
+    with :func:`require_size_multiple`."""
+    def convert(checkpoint: Path, out_dir: Path, model_id: str, check_images: Sequence[np.ndarray]) -> Path:
+        fmt = dataclasses.replace(get_format(format_name), convert=None)
+        onnx_path = zoo_convert.convert(fmt, checkpoint, out_dir, model_id, check_images=check_images)
+        card_path = onnx_path.with_suffix(".yaml")
+        if ModelCard.load(card_path).raw["input"]["size_multiple"] == PATCH_SIZE:
+            require_size_multiple(card_path)
+        return onnx_path
+
+    return convert
