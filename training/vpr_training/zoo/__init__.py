@@ -6,6 +6,8 @@ lives in a module of its own that registers its format(s) when imported; the imp
 """
 
 # Built-in formats: each module registers its own at import (one line each, sorted).
+import vpr_training.zoo.cosplace
+import vpr_training.zoo.mixvpr
 import vpr_training.zoo.netvlad_vgg16
 import vpr_training.zoo.patchnetvlad  # noqa: F401
 from vpr_training.zoo.registry import (
