@@ -8,7 +8,9 @@ lives in a module of its own that registers its format(s) when imported; the imp
 # Built-in formats: each module registers its own at import (one line each, sorted).
 import vpr_training.zoo.anyloc
 import vpr_training.zoo.boq
+import vpr_training.zoo.cosplace
 import vpr_training.zoo.megaloc
+import vpr_training.zoo.mixvpr
 import vpr_training.zoo.netvlad_vgg16
 import vpr_training.zoo.patchnetvlad
 import vpr_training.zoo.salad  # noqa: F401
