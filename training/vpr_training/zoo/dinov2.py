@@ -157,9 +157,9 @@ def bicubic_matrix(n_out: torch.Tensor | int, m: int, offset: float = INTERPOLAT
     ``floor(s) - 1 .. floor(s) + 2`` (clamped into [0, m - 1], so border taps add up) get the cubic weights of
     their distance to ``s``. ``n_out`` may be a traced size, so an exported graph builds R for its input.
     """
-    n_out = torch.as_tensor(n_out)
     # The source scale is computed in double and used in float, as in ATen's area_pixel_compute_scale.
-    scale = (torch.as_tensor(float(m), dtype=torch.float64) / (n_out.to(torch.float64) + offset)).to(torch.float32)
+    count = torch.as_tensor(n_out).to(torch.float64)
+    scale = (torch.as_tensor(float(m), dtype=torch.float64) / (count + offset)).to(torch.float32)
     source = (torch.arange(n_out, dtype=torch.float32) + 0.5) * scale - 0.5
     base = torch.floor(source)
     t = source - base
@@ -285,8 +285,9 @@ class DinoV2(nn.Module):
         """
         m, d = self.spec.pos_grid, self.spec.embed_dim
         grid = self.pos_embed[0, 1:].reshape(m, m, d)
-        h, w = torch.as_tensor(h), torch.as_tensor(w)
-        native = (h == m) & (w == m)
+        # Traced sizes stay tensors (the graph computes the resize for its input); eager ones stay ints.
+        h, w = (torch.as_tensor(h), torch.as_tensor(w)) if torch.jit.is_tracing() else (int(h), int(w))
+        native = torch.as_tensor(h == m) & torch.as_tensor(w == m)
 
         def resize(n: torch.Tensor) -> torch.Tensor:
             keep = (torch.arange(n)[:, None] == torch.arange(m)[None, :]).to(torch.float32)  # identity if n == m
