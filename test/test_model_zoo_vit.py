@@ -139,3 +139,17 @@ def test_vit_refuses_sides_that_are_not_multiples_of_14():
     vit = DinoV2(SHALLOW_SPEC).eval()
     with pytest.raises(InputSizeError, match=r"160x120 .*multiples of 14 .*width 154 or 168, height 112 or 126"):
         vit.tokens(torch.zeros(1, 3, 120, 160))
+
+
+def test_anyloc_size_limit_counts_exactly_the_exported_weights(imported: dict[str, Path]):
+    """The 2 GB refusal (AnyLoc's ViT-g/14) rests on this count: it must equal the weights in the exported graph."""
+    import onnx
+
+    from vpr_training.zoo import get_format
+    from vpr_training.zoo.anyloc import exported_parameters
+
+    fmt = get_format("anyloc")
+    built = fmt.build(fmt.state_dict(imported["anyloc"].parent.parent / "anyloc.pth"))
+    graph = onnx.load(str(imported["anyloc"])).graph
+    weights = [t for t in graph.initializer if t.name not in ("offset", "scale")]  # input normalisation, 2 x 3
+    assert exported_parameters(built.module.model) == sum(int(np.prod(t.dims)) for t in weights)

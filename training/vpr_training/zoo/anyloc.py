@@ -18,6 +18,11 @@ and second-nearest word, near AnyLoc's hard assignment) and the K*D VLAD is PCA-
 
 Layer rule: block L = round(31/40 x depth), at most depth - 1: 31 for ViT-g (AnyLoc's choice), 9 for ViT-S/B,
 19 for ViT-L (the same relative depth; AnyLoc publishes its setting for ViT-g only).
+
+Size limit: the graph is one ONNX file (its sha256 is in the model card), and ONNX files hold at most 2 GB of
+weights. AnyLoc's own ViT-g/14 up to block 31 has 0.88 billion parameters (3.5 GB), so its import is refused with a
+clear error; ViT-L/14 (block 19: 0.24 billion, 0.97 GB) is the largest that converts. ``--random`` writes ViT-B/14 by
+default (what a CPU can run).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch import nn
 from vpr_ros.core.encoders.model_card import ModelCard, write_model_card
 from vpr_ros.core.files import sha256_file
 from vpr_ros.core.image import resize_rgb
+from vpr_ros.errors import InputError
 from vpr_training.export.common import export_graph, ort_session, parity, run_onnx, run_torch
 from vpr_training.zoo.convert import ParityError, build_checked
 from vpr_training.zoo.dinov2 import (
@@ -62,6 +68,8 @@ FACET = "value"
 #: 4:3 at the 322-pixel height SALAD and BoQ evaluate at (AnyLoc itself runs near full resolution).
 DEFAULT_SIZE = (322, 434)
 OUTPUT_NAME = "features"
+#: What one ONNX file can hold (protobuf's 2 GB limit; larger graphs need external data files).
+ONNX_FILE_LIMIT = 2_000_000_000
 
 
 def facet_layer(depth: int) -> int:
@@ -86,6 +94,15 @@ class ValueFacet(nn.Module):
         return self.vit.split(value, image.shape[2], image.shape[3]).patches
 
 
+def exported_parameters(model: ValueFacet) -> int:
+    """Parameters the graph holds: embeddings, blocks 0..L-1, block L's ``norm1`` and the value third of its qkv."""
+    vit, d = model.vit, model.vit.spec.embed_dim
+    block = vit.blocks[model.layer]
+    used = [vit.patch_embed, *vit.blocks[:model.layer], block.norm1]
+    return (sum(p.numel() for m in used for p in m.parameters()) + vit.cls_token.numel() + vit.pos_embed.numel()
+            + d * d + d)
+
+
 def build(state: Mapping[str, torch.Tensor]) -> BuiltModel:
     """The hub DINOv2 truncated at its value facet; ``dimension`` = the facet's channels D."""
     spec = ViTSpec.from_state_dict(state)
@@ -101,6 +118,11 @@ def convert(checkpoint: Path, out_dir: Path, model_id: str, check_images: Sequen
     """ONNX local-feature backbone + ``kind: backbone`` card (the map fits the VLAD); torch vs ONNX Runtime checked
     on ``check_images`` at the default size before the file is moved into place."""
     _, built = build_checked(FORMAT, checkpoint)
+    weight_bytes = 4 * exported_parameters(built.module.model)
+    if weight_bytes > ONNX_FILE_LIMIT:
+        raise InputError(f"{checkpoint}: {built.variant}: the exported blocks hold {weight_bytes / 1e9:.1f} GB of "
+                         f"float32 weights, beyond the {ONNX_FILE_LIMIT / 1e9:.0f} GB an ONNX file can hold; use "
+                         "dinov2_vitl14 or a smaller DINOv2")
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / f"{model_id}.onnx"
     partial = out_dir / f".{model_id}.onnx.partial"
@@ -141,8 +163,8 @@ def convert(checkpoint: Path, out_dir: Path, model_id: str, check_images: Sequen
     return onnx_path
 
 
-#: ``--random`` variants: the hub model AnyLoc uses, and ViT-B/14 (what a CPU can run).
-VARIANTS = ("vitg14", "vitb14", "vits14", "vitl14")
+#: ``--random`` variants (hub models; AnyLoc's ViT-g/14 cannot be exported, see the module docstring).
+VARIANTS = ("vitb14", "vits14", "vitl14", "vitg14")
 
 
 def write_random(path: Path, *, seed: int = 0, shallow: bool = False, variant: str | None = None) -> Path:
