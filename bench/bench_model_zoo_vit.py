@@ -25,7 +25,8 @@ image), recorded as ``aggregation_init``: SALAD / MegaLoc: the biases of the las
 token MLP become minus their mean outputs (MegaLoc also its final ``linear``); BoQ-ResNet-50: ``proj_c``'s bias
 becomes minus its mean output. AnyLoc has no trained aggregation: its VLAD (32-word k-means vocabulary, PCA-whitening)
 is fitted on the reference's database features with vpr_ros' map-building functions and applied to both sides'
-features; its parity is also given on the L2-normalised local features themselves.
+features; the parity bar applies to the export's output, the L2-normalised local features (``parity``); the
+global descriptors' differences are recorded as ``global_parity``.
 
 AnyLoc is measured with the ViT-B/14 hub layout (block 9 value facet): its own ViT-g/14 (1.1 B parameters) does not
 fit this benchmark's machine; that model's parameters and FLOPs are counted without running it (meta tensors).
@@ -386,8 +387,8 @@ def measure(case: str, db: list[np.ndarray], queries: list[np.ndarray], work: Pa
             x = features.reshape(*features.shape[:2], -1).transpose(0, 2, 1)
             return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-        entry["local_feature_parity"] = descriptor_parity(np.concatenate([ref_db, ref_q]),
-                                                          np.concatenate([unit_local(our_db), unit_local(our_q)]))
+        local_parity = descriptor_parity(np.concatenate([ref_db, ref_q]),
+                                         np.concatenate([unit_local(our_db), unit_local(our_q)]))
         grid = our_db.shape[2:]
         ref_maps = [np.ascontiguousarray(r.transpose(0, 2, 1)).reshape(len(r), -1, *grid) for r in (ref_db, ref_q)]
         ref_db, ref_q, our_db, our_q = anyloc_global(ref_db, [*ref_maps, our_db, our_q])
@@ -399,6 +400,14 @@ def measure(case: str, db: list[np.ndarray], queries: list[np.ndarray], work: Pa
     both_ref, both_ours = np.concatenate([ref_db, ref_q]), np.concatenate([our_db, our_q])
     entry["parity"] = {**descriptor_parity(both_ref, both_ours),
                        "reference_mean_cosine_between_images": mean_cosine_between_images(both_ref)}
+    if case == "anyloc":
+        # The export's output is the local features: the parity bar applies to them. The global descriptors
+        # (VLAD + PCA-whitening of random-ViT features) magnify their float32 differences: sharp soft assignment
+        # over nearly parallel features, and whitening of the few weak components 15 database images give.
+        entry["global_parity"] = {**entry["parity"], "descriptors_compared": "VLAD global descriptors (module "
+                                  "docstring), a sensitivity check rather than the export's parity"}
+        entry["parity"] = {**local_parity, "descriptors_compared": "L2-normalised value-facet local features (the "
+                           "export's output), reference vs ONNX Runtime"}
     entry["retrieval"] = retrieval_agreement(ref_db, ref_q, our_db, our_q)
 
     sizes = CNN_LATENCY_SIZES if case == "boq_resnet50" else VIT_LATENCY_SIZES
