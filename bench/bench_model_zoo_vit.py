@@ -33,7 +33,8 @@ fit this benchmark's machine; that model's parameters and FLOPs are counted with
 
 Snapshots: ``fetch github:facebookresearch/dinov2``, ``serizba/salad``, ``amaralibey/Bag-of-Queries``,
 ``gmberton/MegaLoc``, ``AnyLoc/AnyLoc``, each extracted to ``$VPR_REFS/<name>/`` (dinov2, salad, Bag-of-Queries,
-MegaLoc, AnyLoc). Run: ``python -m bench model_zoo_vit [case ...]``.
+MegaLoc, AnyLoc). Run: ``python -m bench model_zoo_vit`` (every case) or
+``python -m bench.bench_model_zoo_vit CASE ...``.
 """
 
 from __future__ import annotations
