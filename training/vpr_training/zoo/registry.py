@@ -73,10 +73,10 @@ class NormalisedInput(nn.Module):
 class BuiltModel:
     """A format's module built from one checkpoint, with what that checkpoint fixes about it.
 
-    ``module`` obeys the module contract (module docstring). ``default_size`` (height, width) is the size the
-    authors evaluate at; ``size_multiple`` the granularity of other sizes; ``fixed_size``: only ``default_size``
-    works (e.g. MixVPR's mixer is sized for one feature map). ``variant`` says which member of the family it is
-    (e.g. "ResNet50, 2048-D"), ``details`` go into the model card's ``source`` section.
+    ``module`` obeys the module contract (module docstring) and is in eval mode. ``default_size`` (height,
+    width) is the size the authors evaluate at; ``size_multiple`` the granularity of other sizes; ``fixed_size``:
+    only ``default_size`` works (e.g. MixVPR's mixer is sized for one feature map). ``variant`` says which member
+    of the family it is (e.g. "ResNet50, 2048-D"), ``details`` go into the model card's ``source`` section.
     """
 
     module: nn.Module
@@ -86,6 +86,9 @@ class BuiltModel:
     variant: str
     fixed_size: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.module.eval()  # always: BatchNorm in training mode would use (and overwrite) batch statistics
 
 
 class RandomWriter(Protocol):
