@@ -28,28 +28,25 @@ is fitted on the reference's database features with vpr_ros' map-building functi
 features; the parity bar applies to the export's output, the L2-normalised local features (``parity``); the
 global descriptors' differences are recorded as ``global_parity``.
 
-AnyLoc is measured with the ViT-B/14 hub layout (block 9 value facet): its own ViT-g/14 (1.1 B parameters) does not
-fit this benchmark's machine; that model's parameters and FLOPs are counted without running it (meta tensors).
+AnyLoc is measured with the ViT-B/14 hub layout (block 9 value facet): its own ViT-g/14 cannot be exported (its
+blocks up to 31 hold more than one ONNX file can; vpr-import refuses it) and would not fit this machine anyway; that
+model's parameters and FLOPs are counted without running it (meta tensors).
 
 Snapshots: ``fetch github:facebookresearch/dinov2``, ``serizba/salad``, ``amaralibey/Bag-of-Queries``,
-``gmberton/MegaLoc``, ``AnyLoc/AnyLoc``, each extracted to ``$VPR_REFS/<name>/`` (dinov2, salad, Bag-of-Queries,
-MegaLoc, AnyLoc). Run: ``python -m bench model_zoo_vit`` (every case) or
-``python -m bench.bench_model_zoo_vit CASE ...``.
+``gmberton/MegaLoc``, ``AnyLoc/AnyLoc``, each extracted to ``$VPR_REFS/<owner>+<name>/`` (as bench_model_zoo's).
+The results file, the image helpers, the reference plumbing and the retrieval agreement are bench_model_zoo's.
+Run: ``python -m bench model_zoo_vit`` (every case) or ``python -m bench.bench_model_zoo_vit CASE ...``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
-import os
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -58,14 +55,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "training") not in sys.path:
     sys.path.insert(0, str(REPO / "training"))
 
-from bench.common import RESULTS, machine_load, time_ms  # noqa: E402
-from vpr_ros.core.files import atomic_write_text  # noqa: E402
-from vpr_ros.core.image import load_rgb, resize_rgb  # noqa: E402
-from vpr_ros.eval.report import machine_description  # noqa: E402
+# The results file, image helpers and the authors'-code plumbing are bench_model_zoo's (the CNN formats' bench).
+from bench.bench_model_zoo import (  # noqa: E402
+    batch,
+    evenly,
+    module_from_file,
+    on_path,
+    retrieval_agreement,
+    run_reference,
+    snapshot,
+    update_results,
+)
+from bench.common import time_ms  # noqa: E402
+from vpr_ros.core.image import load_rgb  # noqa: E402
 
-REFS = Path(os.environ.get("VPR_REFS", "/work/refs"))
-RESULT_FILE = RESULTS / "model_zoo.json"
-MARGIN = 1e-3
 VIT_LATENCY_SIZES = {"322x322": (322, 322), "640x480": (476, 644)}
 CNN_LATENCY_SIZES = {"322x322": (322, 322), "640x480": (480, 640)}
 #: case -> (format, --random variant, checkpoint suffix, parity input (h, w)).
@@ -78,28 +81,7 @@ CASES: dict[str, tuple[str, str | None, str, tuple[int, int]]] = {
 }
 
 
-# ---- results file shared with bench/bench_model_zoo.py -------------------------------------------------------------
-
-def update_results(entries: dict[str, dict[str, Any]]) -> Path:
-    """Read-modify-write ``model_zoo.json``: ``formats.<name>`` replaced for the given entries only (each stamped with
-    its own time, machine and load), the other formats kept, the file's stamp set to this run's."""
-    doc: dict[str, Any] = json.loads(RESULT_FILE.read_text()) if RESULT_FILE.exists() else {}
-    stamp = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_description(),
-             "load": machine_load()}
-    formats = dict(doc.get("formats", {}))
-    formats.update({name: {**entry, **stamp} for name, entry in entries.items()})
-    doc = {"benchmark": "model_zoo", **stamp, "formats": dict(sorted(formats.items()))}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(RESULT_FILE, json.dumps(doc, indent=2, default=str) + "\n")
-    print(f"wrote {RESULT_FILE}")
-    return RESULT_FILE
-
-
 # ---- real images ---------------------------------------------------------------------------------------------------
-
-def evenly(files: list[Path], n: int) -> list[Path]:
-    return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
-
 
 def real_image_pairs() -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """(database images, query images, their sources): corridor ref / query, Nordland summer / winter, Tokyo 24/7
@@ -121,37 +103,7 @@ def real_image_pairs() -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     return db, queries, sources
 
 
-def batch(images: list[np.ndarray], hw: tuple[int, int]) -> np.ndarray:
-    return np.stack([resize_rgb(im, *hw).transpose(2, 0, 1) for im in images]).astype(np.float32)
-
-
 # ---- the authors' code ---------------------------------------------------------------------------------------------
-
-def snapshot(name: str) -> Path:
-    path = REFS / name
-    if not path.is_dir():
-        raise SystemExit(f"{path} missing: fetch the repository (module docstring) and extract it there")
-    return path
-
-
-def module_from_file(name: str, path: Path) -> ModuleType:
-    """Import one file of a snapshot without its package's __init__."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@contextlib.contextmanager
-def on_path(folder: Path) -> Iterator[None]:
-    sys.path.insert(0, str(folder))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(folder))
-
 
 @contextlib.contextmanager
 def local_dinov2_hub() -> Iterator[None]:
@@ -160,8 +112,9 @@ def local_dinov2_hub() -> Iterator[None]:
     import torch
 
     hub_load = torch.hub.load
-    torch.hub.load = lambda repo, name, *a, **kw: hub_load(str(snapshot("dinov2")), name, source="local",
-                                                           pretrained=False)  # type: ignore[assignment]
+    local = str(snapshot("facebookresearch+dinov2"))
+    torch.hub.load = lambda repo, name, *a, **kw: hub_load(local, name, source="local",  # type: ignore[assignment]
+                                                           pretrained=False)
     try:
         yield
     finally:
@@ -174,7 +127,7 @@ def reference_salad(state: dict) -> Callable[[Any], Any]:
     pytorch_lightning, for training only)."""
     import torch
 
-    with on_path(snapshot("salad")), local_dinov2_hub():
+    with on_path(snapshot("serizba+salad")), local_dinov2_hub():
         from models.aggregators.salad import SALAD
         from models.backbones.dinov2 import DINOv2
 
@@ -189,7 +142,7 @@ def reference_salad(state: dict) -> Callable[[Any], Any]:
 
 def reference_megaloc(state: dict) -> Callable[[Any], Any]:
     """gmberton/MegaLoc megaloc_model.py MegaLoc (what hubconf.get_trained_model builds before loading weights)."""
-    megaloc = module_from_file("megaloc_model", snapshot("MegaLoc") / "megaloc_model.py")
+    megaloc = module_from_file("megaloc_model", snapshot("gmberton+MegaLoc") / "megaloc_model.py")
     model = megaloc.MegaLoc()
     model.load_state_dict(state)
     return model.eval()
@@ -199,7 +152,7 @@ def reference_boq(state: dict) -> Callable[[Any], Any]:
     """amaralibey/Bag-of-Queries hubconf.get_trained_boq's VPRModel (src/backbones.py + src/boq.py), built as that
     function builds it (ResNet without the ImageNet download); its forward returns (descriptor, attentions)."""
     with local_dinov2_hub():
-        hubconf = module_from_file("boq_hubconf", snapshot("Bag-of-Queries") / "hubconf.py")
+        hubconf = module_from_file("boq_hubconf", snapshot("amaralibey+Bag-of-Queries") / "hubconf.py")
         if "backbone.dino.cls_token" in state:
             backbone = hubconf.DinoV2()
             aggregator = hubconf.BoQ(in_channels=backbone.out_channels, proj_channels=384, num_queries=64,
@@ -217,7 +170,7 @@ def reference_boq(state: dict) -> Callable[[Any], Any]:
 def reference_anyloc(state: dict, layer: int) -> Callable[[Any], Any]:
     """AnyLoc/AnyLoc demo/utilities.py DinoV2ExtractFeatures(dinov2_vitb14, layer, "value"): (B, n, D) L2-normalised
     value-facet descriptors of the patches."""
-    with on_path(snapshot("AnyLoc") / "demo"), local_dinov2_hub():
+    with on_path(snapshot("AnyLoc+AnyLoc") / "demo"), local_dinov2_hub():
         import utilities
 
         extractor = utilities.DinoV2ExtractFeatures("dinov2_vitb14", layer, "value", device="cpu")
@@ -233,19 +186,6 @@ REFERENCES = {
     "anyloc": "AnyLoc/AnyLoc demo/utilities.py DinoV2ExtractFeatures(dinov2_vitb14, value facet) on the "
               "facebookresearch/dinov2 hub model",
 }
-
-
-def run_reference(model: Callable[[Any], Any], images: np.ndarray) -> np.ndarray:
-    """The authors' preprocessing: ToTensor (/255) + Normalize(ImageNet mean, std), then their model."""
-    import torch
-    from torchvision.transforms.functional import normalize
-
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), 2):
-            x = normalize(torch.from_numpy(images[i:i + 2]) / 255.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-            out.append(model(x).numpy())
-    return np.concatenate(out)
 
 
 # ---- aggregation initialised from real features ---------------------------------------------------------------
@@ -274,18 +214,6 @@ def centre_aggregation(case: str, model: Any, normalised: Any) -> str:
 
 
 # ---- measurements ----------------------------------------------------------------------------------------------
-
-def retrieval_agreement(ref_db: np.ndarray, ref_q: np.ndarray, our_db: np.ndarray, our_q: np.ndarray) -> dict:
-    """Top-1 agreement, counted over queries whose reference top-2 margin exceeds MARGIN."""
-    ref_sim, our_sim = ref_q @ ref_db.T, our_q @ our_db.T
-    top2 = np.sort(ref_sim, axis=1)[:, -2:]
-    qualifies = (top2[:, 1] - top2[:, 0]) > MARGIN
-    same = ref_sim.argmax(1) == our_sim.argmax(1)
-    return {"queries": len(ref_q), "database": len(ref_db), "qualifying_queries": int(qualifies.sum()),
-            "top1_agreement_qualifying": float(same[qualifies].mean()) if qualifies.any() else None,
-            "top1_agreement_all": float(same.mean()), "margin": MARGIN,
-            "median_top2_margin": float(np.median(top2[:, 1] - top2[:, 0]))}
-
 
 def descriptor_parity(reference: np.ndarray, ours: np.ndarray) -> dict[str, float]:
     ref, cand = reference.astype(np.float64), ours.astype(np.float64)
