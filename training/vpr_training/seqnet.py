@@ -217,7 +217,12 @@ def train_seqnet(train: Sequence[tuple[TraversalDescriptors, TraversalDescriptor
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     history: list[dict[str, float]] = [{"epoch": 0, "loss": float("nan"), "val_recall@1": best_recall}]
     best_epoch, stale = 0, 0
-    epochs = tqdm(range(1, config.epochs + 1), desc="sequence model", unit="epoch", disable=not progress)
+    # Early stopping keeps an epoch only when it beats the best validation recall: from a perfect start no epoch
+    # can, so training would end with the start's weights anyway (after `patience` epochs of work).
+    last_epoch = 0 if best_recall >= 1.0 else config.epochs
+    if not last_epoch:
+        log.info("sequence model: validation recall@1 of the start is already 1.0; keeping it (nothing to select on)")
+    epochs = tqdm(range(1, last_epoch + 1), desc="sequence model", unit="epoch", disable=not progress)
     for epoch in epochs:
         losses = []
         for pair in train_pairs:

@@ -45,7 +45,7 @@ import numpy as np
 from vpr_ros.config import setting
 from vpr_ros.core.paths import resolve_path
 from vpr_ros.core.sequence_buffer import BufferedFrame, FrameBuffer, SequenceWindow
-from vpr_ros.core.sequence_model import SequenceDescriptorModel, SequenceModelError
+from vpr_ros.core.sequence_model import SequenceDescriptorModel, SequenceModelError, window_rows
 
 SEQUENCE_METHODS = ("none", "seqslam", "seq2im_min", "seq2im_mode", "seq2seq_max", "seq2seq_avg", "seq2seq_cat",
                     "learned", "hierarchical")
@@ -140,15 +140,6 @@ def pool_sequence(descriptors: np.ndarray, pooling: str) -> np.ndarray:
     if pooling == "cat":
         return _l2(descriptors.reshape(-1))
     raise ValueError(f"pool_sequence: pooling {pooling!r} is not one of {list(POOLINGS)}")
-
-
-def window_rows(num_rows: int, length: int) -> np.ndarray:
-    """Rows of the window of ``length`` consecutive map frames ending at each row (start clamped to row 0).
-
-    Shape:
-        returns (num_rows, length) int64, oldest first.
-    """
-    return np.clip(np.arange(num_rows)[:, None] - np.arange(length - 1, -1, -1)[None, :], 0, None)
 
 
 def reference_sequences(descriptors: np.ndarray, length: int, pooling: str) -> np.ndarray:

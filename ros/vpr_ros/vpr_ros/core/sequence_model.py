@@ -4,7 +4,7 @@ A sequence model (SeqNet, Garg & Milford, "SeqNet: Learning Descriptors for Sequ
 Recognition", RA-L 2021; the learned seq2seq descriptor of the MSLS thesis, section 4.2.1) maps the global
 descriptors of ``L`` consecutive frames, oldest first, to one L2-normalised descriptor: a temporal 1-D
 convolution over the frame descriptors, averaged over time. The map side is the same model on every window of
-consecutive map frames ending at a row (:func:`vpr_ros.core.sequence.window_rows`; the first rows repeat row 0),
+consecutive map frames ending at a row (:func:`window_rows`; the first rows repeat row 0),
 so a query sequence is compared with "the last L places before map frame j" by one inner product.
 
 The model is trained on descriptors of one frame encoder (``vpr_training.sequence``, run by ``vpr-adapt``) and
@@ -141,6 +141,15 @@ def write_sequence_card(path: str | Path, card: SequenceModelCard) -> Path:
     return atomic_write_text(path, text)
 
 
+def window_rows(num_rows: int, length: int) -> np.ndarray:
+    """Rows of the window of ``length`` consecutive map frames ending at each row (start clamped to row 0).
+
+    Shape:
+        returns (num_rows, length) int64, oldest first.
+    """
+    return np.clip(np.arange(num_rows)[:, None] - np.arange(length - 1, -1, -1)[None, :], 0, None)
+
+
 def _l2(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), _EPS)).astype(np.float32)
 
@@ -207,8 +216,6 @@ class SequenceDescriptorModel:
         Shape:
             descriptors: (N, D); returns (N, P) float32 (memory: one chunk of windows at a time).
         """
-        from vpr_ros.core.sequence import window_rows
-
         desc = np.asarray(descriptors, dtype=np.float32)
         rows = window_rows(len(desc), length)
         out = [self.describe(desc[rows[i:i + chunk]]) for i in range(0, len(rows), chunk)]
