@@ -10,7 +10,10 @@ they are written::
     <about>                                     exporter's descriptive keys, e.g. variant, notes
     onnx_file, onnx_sha256, onnx_opset          the graph (file name beside the card)
     head_file, head_sha256                      'netvlad' models: the trained head (.npz beside the card)
-    input                                       name, layout, colour, range, dtype, default_size, size_multiple
+    input                                       name, layout, colour, range, dtype, default_size, size_multiple;
+                                                optional: fixed_size (the graph takes default_size only, e.g.
+                                                MixVPR, thumbnails), size_multiple_required (sizes must be
+                                                multiples of size_multiple, e.g. ViT/14 imports)
     output                                      name, channels, stride
     <sections>                                  exporter's sections, e.g. head, source, parity, training
     created                                     UTC time of the export

@@ -93,12 +93,24 @@ class OnnxEncoder:
         return {"id": self.card.id, "kind": self.card.kind, "onnx_sha256": self.sha256,
                 "channels": self.card.channels, "stride": self.card.stride}
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """InputError unless (height, width) suits the model: cards with ``input.size_multiple_required`` (ViT/14
+        imports: their graph would drop the pixels beyond the last whole patch) take only multiples of
+        ``input.size_multiple``."""
+        spec = self.card.raw.get("input", {})
+        multiple = int(spec.get("size_multiple", 1))
+        if spec.get("size_multiple_required") and (height % multiple or width % multiple):
+            raise InputError(f"network input {width}x{height} (WxH): model {self.card.id} takes widths and heights "
+                             f"that are multiples of {multiple} pixels; set image_width / image_height to multiples "
+                             f"of {multiple}, or 0 for the automatic size")
+
     def features(self, images: list[np.ndarray], height: int, width: int) -> np.ndarray:
         """Local features for RGB uint8 images resized to (height, width).
 
         Shape:
             returns: (B, C, ceil(height / stride), ceil(width / stride)) float32.
         """
+        self.check_input_size(height, width)
         out = []
         bs = self.config.batch_size
         try:
