@@ -82,17 +82,18 @@ def evenly(files: list[Path], n: int) -> list[Path]:
     return [files[i] for i in np.linspace(0, len(files) - 1, n).round().astype(int)]
 
 
-def real_image_pairs() -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def real_image_pairs(corridor_images: int = 16, nordland_images: int = 12) -> tuple[list[np.ndarray],
+                                                                                   list[np.ndarray], list[str]]:
     """(database images, query images, where each pair of lists comes from): corridor ref / query, Nordland
-    summer / winter, Tokyo 24/7 database / query."""
+    summer / winter (that many of each, evenly spread), Tokyo 24/7 database / query."""
     import patchnetvlad
 
     corridor, nordland = REPO / "data" / "corridor", REPO / "data" / "nordland_part1"
     tokyo = Path(patchnetvlad.__file__).parent / "example_images"
-    groups = [("corridor", evenly(sorted((corridor / "ref").glob("*.jpg")), 16),
-               evenly(sorted((corridor / "query").glob("*.jpg")), 16)),
-              ("nordland", evenly(sorted((nordland / "summer").glob("*.png")), 12),
-               evenly(sorted((nordland / "winter").glob("*.png")), 12)),
+    groups = [("corridor", evenly(sorted((corridor / "ref").glob("*.jpg")), corridor_images),
+               evenly(sorted((corridor / "query").glob("*.jpg")), corridor_images)),
+              ("nordland", evenly(sorted((nordland / "summer").glob("*.png")), nordland_images),
+               evenly(sorted((nordland / "winter").glob("*.png")), nordland_images)),
               ("tokyo", [tokyo / "tokyo_db.png"], [tokyo / "tokyo_query.jpg"])]
     db, queries, sources = [], [], []
     for name, d, q in groups:

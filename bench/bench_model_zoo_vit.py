@@ -58,16 +58,15 @@ if str(REPO / "training") not in sys.path:
 # The results file, image helpers and the authors'-code plumbing are bench_model_zoo's (the CNN formats' bench).
 from bench.bench_model_zoo import (  # noqa: E402
     batch,
-    evenly,
     module_from_file,
     on_path,
+    real_image_pairs,
     retrieval_agreement,
     run_reference,
     snapshot,
     update_results,
 )
 from bench.common import time_ms  # noqa: E402
-from vpr_ros.core.image import load_rgb  # noqa: E402
 
 VIT_LATENCY_SIZES = {"322x322": (322, 322), "640x480": (476, 644)}
 CNN_LATENCY_SIZES = {"322x322": (322, 322), "640x480": (480, 640)}
@@ -82,26 +81,6 @@ CASES: dict[str, tuple[str, str | None, str, tuple[int, int]]] = {
 
 
 # ---- real images ---------------------------------------------------------------------------------------------------
-
-def real_image_pairs() -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """(database images, query images, their sources): corridor ref / query, Nordland summer / winter, Tokyo 24/7
-    database / query. Few images: a ViT-B at 322x322 takes seconds per image on a busy 2-core machine."""
-    import patchnetvlad
-
-    corridor, nordland = REPO / "data" / "corridor", REPO / "data" / "nordland_part1"
-    tokyo = Path(patchnetvlad.__file__).parent / "example_images"
-    groups = [("corridor", evenly(sorted((corridor / "ref").glob("*.jpg")), 8),
-               evenly(sorted((corridor / "query").glob("*.jpg")), 8)),
-              ("nordland", evenly(sorted((nordland / "summer").glob("*.png")), 6),
-               evenly(sorted((nordland / "winter").glob("*.png")), 6)),
-              ("tokyo", [tokyo / "tokyo_db.png"], [tokyo / "tokyo_query.jpg"])]
-    db, queries, sources = [], [], []
-    for name, d, q in groups:
-        db += [load_rgb(p) for p in d]
-        queries += [load_rgb(p) for p in q]
-        sources.append(f"{name}: {len(d)} database + {len(q)} query images")
-    return db, queries, sources
-
 
 # ---- the authors' code ---------------------------------------------------------------------------------------------
 
@@ -362,7 +341,8 @@ def main(names: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(2)
-    db, queries, sources = real_image_pairs()
+    # Few images: a ViT-B at 322x322 takes seconds per image on a busy 2-core machine.
+    db, queries, sources = real_image_pairs(corridor_images=8, nordland_images=6)
     entries: dict[str, dict[str, Any]] = {}
     failed = []
     with tempfile.TemporaryDirectory(prefix="model_zoo_vit_") as tmp:
