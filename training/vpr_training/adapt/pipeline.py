@@ -160,7 +160,7 @@ class AdaptRun:
         maps = self._timed("maps", lambda: self.build_maps(model))
         descriptors = self._timed("encode", lambda: self.encode_queries(maps))
         sequence_models = self._timed("sequence", lambda: self.train_sequence_models(maps, descriptors))
-        report = self._timed("report", lambda: self.evaluate(maps, sequence_models))
+        report = self._timed("report", lambda: self.evaluate(maps, descriptors, sequence_models))
         report["seconds"] = {**self.timings, "total": round(time.perf_counter() - t_all, 1)}
         atomic_write_text(self.out / "report.json", json.dumps(report, indent=1))
         return report
@@ -360,10 +360,10 @@ class AdaptRun:
                 positives += list(positives_within(xyz, ref, self.radius).positives)
         return QuerySet(features, np.concatenate(stamps), np.concatenate(traversal), positives)
 
-    def evaluate(self, maps: dict[str, Any], sequence_models: dict[int, str]) -> dict[str, Any]:
+    def evaluate(self, maps: dict[str, Any], descriptors: dict[str, dict[str, np.ndarray]],
+                 sequence_models: dict[int, str]) -> dict[str, Any]:
         from vpr_training.adapt.evaluation import method_configs, run_method
 
-        descriptors = self.encode_queries(maps)
         results: dict[str, Any] = {}
         for which in ("val", "test"):
             results[which] = {}
