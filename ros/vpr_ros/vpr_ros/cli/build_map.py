@@ -54,6 +54,14 @@ examples:
   # map are skipped, so running it twice adds nothing)
   build_map --bag run2 --image-topic /camera/image_raw/compressed --pose-topic /odom --output maps/run1 --append
 
+  # the same, and train the map's IVF index afresh over all its frames (else new frames join the trained index)
+  build_map --bag run3 --image-topic /camera/image_raw/compressed --pose-topic /odom --output maps/run1 \
+      --append --retrain
+
+  # join maps recorded apart with the same encoder and vocabulary (e.g. copies of one map grown with --append
+  # on two robots) into a new map; incompatible maps are refused naming the maps and what differs
+  build_map --merge maps/robot1 maps/robot2 --output maps/campus
+
   # through ROS 2: ros2 run vpr_ros build_map --images ... --output ...
 
 An interrupted build (or append) continues where it stopped when the same command is run again; the map
@@ -84,6 +92,13 @@ def make_parser() -> argparse.ArgumentParser:
                         help="replace an existing map (only a vpr_ros map: anything else at --output is refused)")
     parser.add_argument("--append", action="store_true",
                         help="add the frames to the map at --output (built first if it does not exist yet)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="with --append or --merge: build the index afresh over all frames (index.factory auto "
+                             "chooses again for the new size); without it, new frames are added to the map's "
+                             "trained index")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="MAP",
+                        help="join these maps (same encoder, vocabulary, input size) into the new map at --output "
+                             "instead of encoding images; the first map's frames keep their ids")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     add_config_arguments(parser, BuildMapConfig, "config/build_map.yaml")
@@ -98,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print_settings(BuildMapConfig)
         return 0
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(parser, args, argv)
+    if args.retrain and not args.append:
+        parser.error("--retrain goes with --append or --merge (a new build trains its index anyway)")
     if (args.images is None) == (args.bag is None):
         parser.error("give the reference frames as --images FOLDER or as --bag PATH --image-topic TOPIC")
     check_bag_arguments(parser, args)
@@ -122,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if appending:
                 refmap, added = append_to_map(source, args.output, config, progress=not args.quiet,
-                                              provenance=provenance)
+                                              provenance=provenance, retrain=args.retrain)
                 action = f"{added} frames appended" if added else "nothing appended (all frames already in the map)"
             else:
                 refmap = build_map(source, args.output, config, overwrite=args.overwrite, progress=not args.quiet,
@@ -137,6 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"map {args.output}: {len(refmap)} frames, {refmap.dim}-d descriptors, encoder {refmap.encoder['id']}, "
           f"input {refmap.input_size[1]}x{refmap.input_size[0]}, {size / 1e6:.2f} MB "
           f"({size / len(refmap) / 1e3:.1f} kB/frame), {action} in {elapsed:.1f} s")
+    return 0
+
+
+def merge(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    """``--merge A B ... --output C``: see :mod:`vpr_ros.core.map_merge`."""
+    from vpr_ros.core.map_merge import merge_maps
+
+    if args.images is not None or args.bag is not None or args.append:
+        parser.error("--merge joins existing maps: it takes no --images, --bag or --append")
+    check_output_directory(args.output, "--output")
+    setup_logging(args.verbose, args.quiet)
+    t0 = time.perf_counter()
+    refmap = merge_maps(args.merge, args.output, overwrite=args.overwrite, retrain=args.retrain,
+                        provenance={"command": " ".join(["build_map", *argv])})
+    spec = refmap.index_spec
+    print(f"map {args.output}: {len(refmap)} frames merged from {len(args.merge)} maps, index "
+          f"{spec.factory if spec else '?'}, in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

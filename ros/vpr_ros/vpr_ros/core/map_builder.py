@@ -312,8 +312,12 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
 
 def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapConfig | None = None,
                   extractors: Sequence[FrameExtractor] = (), progress: bool = True, encoder: Encoder | None = None,
-                  provenance: dict[str, Any] | None = None) -> tuple[ReferenceMap, int]:
+                  provenance: dict[str, Any] | None = None, retrain: bool = False) -> tuple[ReferenceMap, int]:
     """Add the frames of ``source`` to an existing map (incremental growth), atomically and resumably.
+
+    The new descriptors are added to the map's index as it is (a trained IVF index is not trained again; the
+    manifest keeps when and on how many frames it was trained); ``retrain`` builds the index afresh over all
+    frames (``auto`` choosing again for the new size), also when no frame is new.
 
     The map's own encoder, input size and fitted head are used (its vocabulary and PCA are not refitted, so
     old and new descriptors stay comparable). Frames whose ``source`` is already in the map are skipped, which
@@ -345,7 +349,11 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
             log.info("%d of %d frames are already in %s and are skipped", int((~fresh).sum()), len(source),
                      map_path)
         if not fresh.any():
-            return refmap, 0
+            if not retrain:
+                return refmap, 0
+            refmap.retrain_index()
+            refmap.save(map_path, overwrite=True)
+            return ReferenceMap.load(map_path), 0
         rows = np.flatnonzero(fresh)
         start_id = int(refmap.frames.ids.max()) + 1 if len(refmap) else 0
         subset = source.take(rows, ids=start_id + np.arange(len(rows)))
@@ -367,7 +375,7 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
         if set(merged) != set(refmap.arrays):
             raise InputError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
                              f"{sorted(refmap.arrays)}")
-        refmap.append(frames, descriptors, merged)
+        refmap.append(frames, descriptors, merged, retrain=retrain)
         refmap.provenance.setdefault("appended", []).append(
             {"frames": len(frames), "first_id": start_id, **(provenance or {})})
         refmap.save(map_path, overwrite=True)

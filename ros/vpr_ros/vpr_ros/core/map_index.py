@@ -237,13 +237,6 @@ def index_from_bytes(data: bytes) -> Any:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
-def in_ram(index: Any) -> Any:
-    """A writable in-RAM copy of an index (one opened memory-mapped is read-only: adding to it needs this)."""
-    import faiss
-
-    return faiss.deserialize_index(faiss.serialize_index(index))
-
-
 def search_parameters(index: Any, nprobe: int, ef_search: int, k: int) -> Any:
     """FAISS search parameters for one call: nprobe for IVF (and efSearch for an HNSW coarse quantizer), efSearch
     (at least k) for HNSW; None for indexes without any."""

@@ -121,8 +121,9 @@ class ReferenceMap:
     #: The index the map holds (set when it is built or loaded; None until then).
     index_spec: IndexSpec | None = None
     _index: Any = field(default=None, repr=False)
-    #: Whether ``_index`` is memory-mapped read-only (opened so): adding to it needs an in-RAM copy first.
-    _index_mapped: bool = field(default=False, repr=False)
+    #: The file ``_index`` is memory-mapped from (read-only), None when it is in RAM: adding to it reads the file
+    #: into RAM first.
+    _index_file: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.descriptors = np.ascontiguousarray(self.descriptors, dtype=np.float32)
@@ -144,7 +145,7 @@ class ReferenceMap:
         if self._index is None:
             self._index, self.index_spec = map_index.build_index(self.descriptors, self.index_spec or
                                                                  self.index_config)
-            self._index_mapped = False
+            self._index_file = None
         return self._index
 
     def search(self, queries: np.ndarray, k: int,
@@ -185,19 +186,22 @@ class ReferenceMap:
             self.arrays[name] = np.concatenate([np.asarray(self.arrays[name]), extra]) if name in self.arrays \
                 else extra
         if retrain:
-            if self.index_spec is not None:
-                self.index_config = self.index_spec.request()
-            self._index, self.index_spec, self._index_mapped = None, None, False
+            self.retrain_index()
         elif self._index is not None:
-            if self._index_mapped:
-                self._index, self._index_mapped = map_index.in_ram(self._index), False
-            self._index.add(descriptors)
+            self.index_in_ram().add(descriptors)
             if self.index_spec is not None and self.index_spec.requested == map_index.AUTO:
                 wanted = map_index.choose_index(len(self), self.dim)
                 if map_index.is_exact(wanted.factory) != map_index.is_exact(self.index_spec.factory):
                     log.warning("the map now holds %d frames; index.factory auto would choose %s instead of its "
                                 "%s: append with --retrain to rebuild the index", len(self), wanted.factory,
                                 self.index_spec.factory)
+
+    def retrain_index(self) -> None:
+        """Drop the index so that the next search or save builds (and trains) it afresh over all frames, choosing
+        again when it was ``auto``."""
+        if self.index_spec is not None:
+            self.index_config = self.index_spec.request()
+        self._index, self.index_spec, self._index_file = None, None, None
 
     # ---- persistence -----------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -218,6 +222,12 @@ class ReferenceMap:
             "sections": self.sections,
             "provenance": self.provenance,
         }
+
+    def index_in_ram(self) -> Any:
+        """The index, read into RAM (writable) if it was memory-mapped."""
+        if self._index_file is not None:
+            self._index, self._index_file = map_index.read_index(self._index_file, False, ""), None
+        return self.index
 
     def _built_spec(self) -> IndexSpec:
         self.index  # noqa: B018 -- builds the index (and its spec) if not yet built
@@ -334,7 +344,8 @@ class ReferenceMap:
                      index_config=spec.request(), frame_id=manifest.summary.frame_id,
                      sections=dict(manifest.sections), arrays=arrays, provenance=dict(manifest.provenance),
                      index_spec=spec)
-        refmap._index, refmap._index_mapped = index, "global.faiss" in mapped
+        refmap._index = index
+        refmap._index_file = files["global.faiss"] if "global.faiss" in mapped else None
         return refmap
 
     def check_encoder(self, encoder: dict[str, Any]) -> None:
