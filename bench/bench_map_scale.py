@@ -51,7 +51,7 @@ import numpy as np
 # load more than FAISS (a k-means of seconds took minutes at load 10 on 2 cores). Read when FAISS is first loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench.common import write_result
+from bench.common import RESULTS, write_result
 from bench.splits import CORRIDOR, NORDLAND, REPO
 from vpr_ros.core.frames import FrameTable
 
@@ -225,11 +225,13 @@ def candidates(n: int) -> list[tuple[str, str, list[dict[str, int]]]]:
 
     nlist = auto_nlist(n)
     auto = choose_index(n, DIM)
-    sweep = [{"nprobe": p, "refine": r} for p, r in ((16, 16), (32, 16), (64, 16), (32, 1))]
+    # A first run at 100k: nprobe 16-64 (of 1024 lists) with refine 16 reached recall@1 0.74-0.90 only, so the
+    # sweep visits 1/16 to 1/4 of the lists and re-scores more candidates (auto: 1/8, refine 32).
+    sweep = [{"nprobe": nlist // f, "refine": r} for f, r in ((16, 32), (8, 32), (4, 32), (8, 1))]
     found = [
+        ("ivf_pq", auto.factory if auto.approximate else f"IVF{nlist},PQ32np", sweep),
         ("flat", "Flat", [{}]),
-        ("ivf_pq", auto.factory if auto.approximate else f"IVF{nlist},PQ32", sweep),
-        ("ivf_hnsw_pq", f"IVF{nlist}_HNSW32,PQ32", sweep),
+        ("ivf_hnsw_pq", f"IVF{nlist}_HNSW32,PQ32np", sweep),
     ]
     # HNSW's graph build (minutes at 100k on 2 shared cores) would take hours at 1M: measured up to 200k only.
     if n <= HNSW_MAX_FRAMES:
@@ -336,7 +338,8 @@ def real_maps(work: Path) -> dict[str, Any]:
         assert refmap.index_spec is not None
         row = AUTO_TABLE[1]
         m = pq_subquantizers(refmap.dim)
-        large = IndexSpec(f"IVF{auto_nlist(len(refmap))},{f'PQ{m}' if m else 'SQ8'}", nprobe=row.nprobe,
+        nlist = auto_nlist(len(refmap))
+        large = IndexSpec(f"IVF{nlist},{f'PQ{m}np' if m else 'SQ8'}", nprobe=max(1, nlist // row.probe_fraction),
                           refine=row.refine, requested="bench")
         approx = ReferenceMap(refmap.frames, refmap.descriptors, refmap.head, refmap.encoder, refmap.input_size,
                               index_spec=large)
@@ -364,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/vpr_map_scale"), help="scratch folder (removed)")
     parser.add_argument("--skip", nargs="*", default=[], help="indexes to leave out (flat ivf_pq ivf_hnsw_pq hnsw)")
     parser.add_argument("--no-real-maps", action="store_true", help="skip the real corridor / Nordland check")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the sizes (and real-map check) of the existing results file that this run does "
+                             "not measure")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--queries", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--exact", type=Path, help=argparse.SUPPRESS)
@@ -378,12 +384,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.work.exists():
         raise SystemExit(f"{args.work} exists; remove it or pass another --work")
     args.work.mkdir(parents=True)
+    results: dict[str, Any] = {}
+    real_check: dict[str, Any] = {}
+    previous = RESULTS / "map_scale.json"
+    if args.update and previous.exists():
+        earlier = json.loads(previous.read_text())
+        results, real_check = dict(earlier.get("sizes", {})), dict(earlier.get("real_maps", {}))
     try:
         real = real_descriptors()
-        results = {str(n): bench_size(n, real, args.work, set(args.skip)) for n in args.sizes}
-        real_check = {} if args.no_real_maps else real_maps(args.work)
+        if not args.no_real_maps:
+            real_check = real_maps(args.work)
+            save(results, real_check)
+        for n in args.sizes:
+            results[str(n)] = bench_size(n, real, args.work, set(args.skip))
+            save(results, real_check)  # after every size: a long run interrupted keeps what it measured
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
+
+
+def save(results: dict[str, Any], real_check: dict[str, Any]) -> None:
     from vpr_ros.core.map_index import AUTO_TABLE
 
     write_result("map_scale", {
@@ -395,8 +414,8 @@ def main(argv: list[str] | None = None) -> None:
                   "planted": "reference descriptors of the held-out places; queries = the other traversal"},
         "faiss_threads": FAISS_THREADS, "page_cache": "warm (the map was just written)",
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "hnsw_max_frames": HNSW_MAX_FRAMES,
-        "auto_table": [{"max_frames": r.max_frames, "kind": r.kind, "nprobe": r.nprobe, "refine": r.refine}
-                       for r in AUTO_TABLE],
+        "auto_table": [{"max_frames": r.max_frames, "kind": r.kind, "nprobe": f"nlist / {r.probe_fraction}",
+                        "refine": r.refine} for r in AUTO_TABLE],
         "sizes": results, "real_maps": real_check})
 
 

@@ -65,12 +65,13 @@ def test_auto_picks_exact_search_for_a_small_map_and_records_why(tmp_path: Path)
     assert choose_index(AUTO_TABLE[0].max_frames, 256).factory == "Flat"
 
 
-@pytest.mark.parametrize("frames, factory", [(1_000_000, "IVF4096,PQ32"), (200_000, "IVF2048,PQ32"),
-                                             (AUTO_TABLE[0].max_frames + 1, "IVF1024,PQ32")])
+@pytest.mark.parametrize("frames, factory", [(1_000_000, "IVF4096,PQ32np"), (200_000, "IVF2048,PQ32np"),
+                                             (AUTO_TABLE[0].max_frames + 1, "IVF1024,PQ32np")])
 def test_auto_picks_ivf_pq_beyond_the_flat_limit_with_its_measured_parameters(frames: int, factory: str):
     spec = choose_index(frames, 256)
     row = AUTO_TABLE[1]
-    assert spec.factory == factory and spec.nprobe == row.nprobe and spec.refine == row.refine
+    nlist = int(factory[3:].split(",")[0])
+    assert spec.factory == factory and spec.nprobe == nlist // row.probe_fraction and spec.refine == row.refine
     assert spec.approximate and spec.requested == "auto" and spec.reason == row.why
     assert frames >= map_index.MIN_POINTS_PER_LIST * int(factory[3:].split(",")[0])  # enough training points
 
@@ -103,7 +104,7 @@ def test_search_parameters_apply_per_call_without_touching_the_index():
 
 
 def test_refine_rescoring_is_exact_over_the_fetched_candidates():
-    m = make_map(3000, factory="IVF16,PQ4")
+    m = make_map(3000, factory="IVF16,PQ4np")
     exact = make_map(3000, factory="Flat")
     queries = m.descriptors[:300] + 0.02
     sims_exact, rows_exact = exact.search(queries, 1)
@@ -148,7 +149,7 @@ def test_retrain_trains_the_index_again_on_all_frames(tmp_path: Path):
 
 # ---- memory-mapped open ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF16,PQ4", "HNSW16"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,PQ4np", "HNSW16"])
 def test_index_is_memory_mapped_and_answers_like_an_in_ram_open(tmp_path: Path, factory: str):
     make_map(1500, factory=factory).save(tmp_path / "map")
     mapped = ReferenceMap.load(tmp_path / "map")

@@ -4,9 +4,10 @@ trained, how it is opened (memory-mapped) and searched (search parameters per ca
 ``auto`` (:func:`choose_index`) follows :data:`AUTO_TABLE`, measured by ``python -m bench map_scale``
 (bench/results/map_scale.json, README "Large maps"): exact search (``Flat``) while one query over the whole map
 stays within a few milliseconds on 2 cores, an inverted file with product-quantised codes beyond (``IVF<nlist>,
-PQ<m>``: 1 byte per 8 dimensions per frame, so a million 256-d frames index into ~40 MB instead of 1 GB), whose
+PQ<m>np``: 1 byte per 8 dimensions per frame, so a million 256-d frames index into ~40 MB instead of 1 GB), whose
 approximate top candidates are re-scored exactly against the map's memory-mapped ``descriptors.npy``
-(``refine``: k x refine candidates are fetched, the best k by exact inner product are returned). Whatever auto
+(``refine``: k x refine candidates are fetched, the best k by exact inner product are returned; the rows read are
+the candidates' only). Whatever auto
 picks is logged with the reason and recorded in the manifest (``index.requested``, ``index.reason``).
 
 An index that needs training (IVF) records when and on how many frames it was trained (``index.trained_on``,
@@ -42,9 +43,9 @@ class IndexConfig:
     """FAISS index over the global descriptors."""
 
     factory: str = setting(AUTO, "FAISS index_factory string, or auto = exact search (Flat) for small maps and an "
-                           "inverted file with product quantisation (IVF<nlist>,PQ<m>, re-scored exactly) beyond, "
+                           "inverted file with product quantisation (IVF<nlist>,PQ<m>np, re-scored exactly) beyond, "
                            "as measured by bench map_scale (README: Large maps); e.g. Flat, HNSW32, "
-                           "IVF4096,PQ32; metric is inner product on L2-normalised descriptors")
+                           "IVF4096,PQ32np; metric is inner product on L2-normalised descriptors")
     nprobe: int = setting(0, "IVF lists visited per query (0 = auto's measured value, 16 for a named factory)",
                           min=0)
     ef_search: int = setting(0, "HNSW candidate list length per query (0 = auto's measured value, FAISS's 16 for a "
@@ -69,20 +70,23 @@ class AutoRow:
 
     max_frames: int
     kind: str            # "flat" or "ivfpq"
-    nprobe: int = 16
+    probe_fraction: int = 8  # nprobe = nlist / probe_fraction
     refine: int = 1
     why: str = ""
 
 
-#: Measured by ``python -m bench map_scale`` (bench/results/map_scale.json; README "Large maps"), 2 cores:
-#: exact search costs ~1 ms per 10k frames per query, so it stays the choice up to 50k frames (~5 ms); beyond,
-#: IVF-PQ re-scored exactly reached recall@1 >= 0.99 of exact search at the nprobe / refine below, at 1M
-#: frames with p95 well under 10 ms, opening in well under a second with the inverted lists memory-mapped.
+#: Measured by ``python -m bench map_scale`` (bench/results/map_scale.json; README "Large maps"), 2 FAISS threads on
+#: 2 shared cores: exact search of 100k frames took tens of milliseconds per query (p50 33, p95 64 ms under a load
+#: of ~10), growing linearly with the map, so it stays the choice up to 50k frames; beyond, IVF-PQ visiting 1/8 of
+#: its lists with 32 x top_k candidates re-scored exactly reached recall@1 0.95 of exact search at 100k frames with
+#: p95 7 ms (1/16 of the lists: 0.91; no re-scoring: 0.26), opening in a fraction of a second.
 AUTO_TABLE: tuple[AutoRow, ...] = (
-    AutoRow(50_000, "flat", why="exact search stays within ~5 ms per query up to 50k frames on 2 cores"),
-    AutoRow(1 << 62, "ivfpq", nprobe=32, refine=16,
-            why="beyond 50k frames exact search grows past 5 ms per query; IVF-PQ re-scored exactly keeps "
-                "recall@1 >= 0.99 of exact at 1M frames with p95 < 10 ms and ~40 bytes per frame in RAM"),
+    AutoRow(50_000, "flat", why="exact search; its cost grows with the map and passes a few milliseconds per query "
+                                "on 2 cores beyond 50k frames"),
+    AutoRow(1 << 62, "ivfpq", probe_fraction=8, refine=32,
+            why="beyond 50k frames exact search costs tens of milliseconds per query on 2 cores; IVF-PQ visiting 1/8 "
+                "of its lists with 32 x top_k candidates re-scored exactly keeps recall@1 about 0.95 of exact search "
+                "at a few milliseconds and tens of bytes per frame in RAM (bench map_scale)"),
 )
 #: FAISS k-means wants at least 39 training points per list; fewer lists rather than a warning.
 MIN_POINTS_PER_LIST = 39
@@ -170,8 +174,11 @@ def choose_index(frames: int, dim: int, config: IndexConfig | None = None) -> In
     else:
         nlist = auto_nlist(frames)
         m = pq_subquantizers(dim)
-        codes = f"PQ{m}" if m is not None else "SQ8"
-        spec = IndexSpec(f"IVF{nlist},{codes}", nprobe=min(row.nprobe, nlist), refine=row.refine, requested=AUTO,
+        # "np": no polysemous training. index_factory turns it on for PQ; it reorders the code book for Hamming
+        # filtering, which this search never uses, and took 40 s of a 40 s training of a small map.
+        codes = f"PQ{m}np" if m is not None else "SQ8"
+        spec = IndexSpec(f"IVF{nlist},{codes}", nprobe=max(1, nlist // row.probe_fraction), refine=row.refine,
+                         requested=AUTO,
                          reason=row.why)
     spec = replace(spec, nprobe=config.nprobe or spec.nprobe, ef_search=config.ef_search or spec.ef_search,
                    refine=config.refine or spec.refine)
