@@ -29,7 +29,6 @@ from vpr_ros.cli.common import run_cli
 from vpr_ros.core.encoders import EncoderConfig
 from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
-from vpr_ros.core.patchnetvlad.store import PatchStoreConfig
 from vpr_ros.core.ray_executor import INSTALL_HINT, ChunkWorker, RayExecutor, start_local_cluster
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.io.images import folder_source
@@ -155,10 +154,10 @@ def test_nordland_subset_built_on_ray_equals_single_process(ray_cluster, nordlan
     assert_same_map(out, nordland_map)
 
 
-def test_killed_ray_worker_loses_only_its_chunks(ray_cluster, corridor, corridor_patch_map, encoder, tmp_path,
+def test_killed_ray_worker_loses_only_its_chunks(ray_cluster, nordland_subset, nordland_map, encoder, tmp_path,
                                                  caplog):
-    out = tmp_path / "corridor_kill"
-    work = tmp_path / ".corridor_kill.partial"
+    out = tmp_path / "nordland_kill"
+    work = tmp_path / ".nordland_kill.partial"
     killed: list[int] = []
     stop = threading.Event()
 
@@ -169,16 +168,16 @@ def test_killed_ray_worker_loses_only_its_chunks(ray_cluster, corridor, corridor
                 os.kill(workers[0].pid, signal.SIGKILL)
                 killed.append(workers[0].pid)
                 return
-            time.sleep(0.01)
+            time.sleep(0.005)
 
     killer = threading.Thread(target=kill_a_worker_after_the_first_chunk, daemon=True)
     killer.start()
     executor = RayExecutor(workers=2)
-    source = folder_source(corridor / "ref", corridor / "ref_poses.csv")
-    cfg = BuildMapConfig(chunk_size=8, patches=PatchStoreConfig(preset="speed"))  # 14 chunks of one batch
+    # Chunks of 8 frames (one batch each: the reference's chunks of 48 make the same batches).
     try:
         with caplog.at_level(logging.WARNING, logger="vpr_ros.core.ray_executor"):
-            build_map(source, out, cfg, progress=False, encoder=encoder, executor=executor)
+            build_map(nordland_subset, out, BuildMapConfig(chunk_size=8), progress=False, encoder=encoder,
+                      executor=executor)
     finally:
         stop.set()
         killer.join()
@@ -186,8 +185,8 @@ def test_killed_ray_worker_loses_only_its_chunks(ray_cluster, corridor, corridor
     lost = [r.getMessage() for r in caplog.records if "died while encoding chunk" in r.getMessage()]
     assert lost and f"pid {killed[0]}" in lost[0], caplog.text
     assert executor.stats.lost == len(lost) >= 1
-    assert executor.stats.chunks == 14  # every chunk delivered once: the lost ones again, none twice
-    assert_same_map(out, corridor_patch_map)
+    assert executor.stats.chunks == NORDLAND_FRAMES // 8  # every chunk delivered once: the lost ones again, none twice
+    assert_same_map(out, nordland_map)
 
 
 DRIVER = """
@@ -257,3 +256,15 @@ def test_without_ray_the_command_says_how_to_install_it(tmp_path, corridor):
                                           f"installed: {INSTALL_HINT}"]
     assert "requirements/ray.txt" in INSTALL_HINT
     assert not out.exists() and not (tmp_path / ".m.partial").exists()
+
+
+def test_one_ray_pin_everywhere(ray_cluster):
+    # requirements/ray.txt, the package's `ray` extra, the install hint and the Ray these tests ran with.
+    from vpr_ros.core.ray_executor import RAY_REQUIREMENT
+
+    pins = [line.strip() for line in (REPO / "requirements" / "ray.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert pins == [RAY_REQUIREMENT]
+    assert f'"ray": ["{RAY_REQUIREMENT}"]' in (REPO / "ros" / "vpr_ros" / "setup.py").read_text()
+    assert "-r ray.txt" in (REPO / "requirements" / "dev.txt").read_text().splitlines()
+    assert f"ray=={ray_cluster.__version__}" == RAY_REQUIREMENT
