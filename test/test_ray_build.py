@@ -28,9 +28,10 @@ from vpr_ros.cli.build_map import main as build_map_main
 from vpr_ros.cli.common import run_cli
 from vpr_ros.core.encoders import EncoderConfig
 from vpr_ros.core.frames import FrameSource
-from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.core.map_builder import BuildMapConfig, Chunk, build_map
 from vpr_ros.core.ray_executor import INSTALL_HINT, ChunkWorker, RayExecutor, start_local_cluster
 from vpr_ros.core.refmap import ReferenceMap
+from vpr_ros.errors import InputError
 from vpr_ros.io.images import folder_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,12 +95,13 @@ def ray_processes() -> list[psutil.Process]:
     return psutil.Process().children(recursive=True)
 
 
-def chunk_workers() -> list[psutil.Process]:
-    """Our ChunkWorker actor processes (Ray titles them ``ray::ChunkWorker[.method]``)."""
+def chunk_workers(since: float = 0.0) -> list[psutil.Process]:
+    """Our ChunkWorker actor processes (Ray titles them ``ray::ChunkWorker[.method]``) started at ``since`` or later."""
     found = []
     for proc in ray_processes():
         try:
-            if proc.cmdline() and proc.cmdline()[0].startswith("ray::ChunkWorker"):
+            cmdline = proc.cmdline()
+            if cmdline and cmdline[0].startswith("ray::ChunkWorker") and proc.create_time() >= since:
                 found.append(proc)
         except psutil.NoSuchProcess:
             pass
@@ -161,10 +163,12 @@ def test_killed_ray_worker_loses_only_its_chunks(ray_cluster, nordland_subset, n
     killed: list[int] = []
     stop = threading.Event()
 
+    started = time.time()
+
     def kill_a_worker_after_the_first_chunk() -> None:
         while not stop.is_set():
-            workers = chunk_workers()
-            if len(workers) == 2 and any(work.glob("chunk_*.npz")):
+            workers = chunk_workers(since=started)  # not an earlier test's, if one lingers
+            if workers and any(work.glob("chunk_*.npz")):
                 os.kill(workers[0].pid, signal.SIGKILL)
                 killed.append(workers[0].pid)
                 return
@@ -192,7 +196,7 @@ def test_killed_ray_worker_loses_only_its_chunks(ray_cluster, nordland_subset, n
 DRIVER = """
 import sys
 import numpy as np
-from vpr_ros.core.map_builder import BuildMapConfig, build_map
+from vpr_ros.core.map_builder import BuildMapConfig, Chunk, build_map
 from vpr_ros.core.ray_executor import RayExecutor
 from vpr_ros.io.images import folder_source
 source = folder_source(sys.argv[1]).take(np.arange(int(sys.argv[2])))
@@ -233,6 +237,15 @@ def test_killed_driver_resumes_from_its_saved_chunks(ray_cluster, nordland_subse
     build_map(nordland_subset, out, BuildMapConfig(chunk_size=8), progress=False, encoder=encoder, executor=executor)
     assert executor.stats.chunks == total - saved  # the saved chunks were not encoded again
     assert_same_map(out, nordland_map)
+
+
+def test_more_workers_than_the_local_cluster_has_is_refused(ray_cluster, nordland_subset, encoder):
+    # 3 workers of 1 CPU on a 2-CPU local cluster would wait for resources that never come.
+    chunks = [Chunk(0, 0, 8)]
+    with pytest.raises(InputError, match=r"--workers 3 need 3 CPUs \(encoder.threads=0\), the Ray cluster has 2: "
+                                         r"lower --workers or encoder.threads"):
+        list(RayExecutor(workers=3).encode_chunks(nordland_subset, chunks, encoder, None, (32, 64), []))
+    assert ray_cluster.is_initialized(), "a cluster the executor did not start must stay up"
 
 
 def test_bad_executor_arguments_exit_2(tmp_path, corridor, capsys):

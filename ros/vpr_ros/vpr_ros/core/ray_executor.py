@@ -241,38 +241,51 @@ class RayExecutor:
         self.stats.cluster_start_s = time.perf_counter() - t0
 
     def _placement(self, config: EncoderConfig) -> tuple[int, dict[str, float]]:
-        """(number of actors, resources of one actor)."""
+        """(number of actors, resources of one actor); refuses more than a local cluster has."""
         resources = self.ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         if gpus and config.device != "cpu":
-            return self.workers or gpus, {"num_cpus": 1, "num_gpus": 1}
-        cpus_each = max(1, config.threads)
-        if config.threads == 0:
-            log.info("encoder.threads=0: every Ray worker's ONNX Runtime uses all cores of its machine; for "
-                     "throughput set encoder.threads to cores / workers (the map then equals a single-process "
-                     "build with that setting)")
-        return self.workers or max(1, int(resources.get("CPU", 1)) // cpus_each), {"num_cpus": cpus_each,
-                                                                                     "num_gpus": 0}
+            kind, have, per_worker = "GPUs", gpus, 1
+            each = {"num_cpus": 1, "num_gpus": 1}
+        else:
+            kind, have, per_worker = "CPUs", int(resources.get("CPU", 1)), max(1, config.threads)
+            each = {"num_cpus": per_worker, "num_gpus": 0}
+            if config.threads == 0:
+                log.info("encoder.threads=0: every Ray worker's ONNX Runtime uses all cores of its machine; for "
+                         "throughput set encoder.threads to cores / workers (the map then equals a single-process "
+                         "build with that setting)")
+        count = self.workers or max(1, have // per_worker)
+        if count * per_worker > have:
+            message = (f"--workers {count} need {count * per_worker} {kind} (encoder.threads={config.threads}), the "
+                       f"Ray cluster has {have}")
+            if self.address is None:  # a local cluster does not grow: the workers would never start
+                raise InputError(f"{message}: lower --workers or encoder.threads")
+            log.warning("%s now; waiting up to %.0f s for the cluster to grow", message, START_TIMEOUT_S)
+        return count, each
 
     def _start_actors(self, numbers: Sequence[int], cls: Any, args: tuple[Any, ...],
                       encoder: Encoder) -> list[_Actor]:
         actors = [_Actor(n, cls.remote(*args)) for n in numbers]
         try:
             identities = self.ray.get([a.handle.start.remote() for a in actors], timeout=START_TIMEOUT_S)
-        except self.ray.exceptions.GetTimeoutError:
-            raise RuntimeError(f"{len(actors)} Ray worker(s) did not start within {START_TIMEOUT_S:.0f} s: the "
-                               f"cluster ({self.ray.cluster_resources()}) lacks the resources; lower --workers"
-                               ) from None
-        except self.ray.exceptions.RayTaskError as exc:
-            raise (exc.cause if isinstance(exc.cause, InputError) else exc) from None
-        for actor, identity in zip(actors, identities, strict=True):
-            actor.pid, actor.host = int(identity["pid"]), str(identity["host"])
-            if identity["sha256"] != encoder.sha256:
-                raise InputError(f"Ray worker on {actor.host} loads an encoder with sha256 "
-                                 f"{identity['sha256'][:12]}..., this process {encoder.sha256[:12]}...: every "
-                                 f"node needs the same model file at {self._encoder_config(encoder).model}")
-            log.info("Ray worker %d: pid %d on %s, %s", actor.number, actor.pid, actor.host,
-                     ", ".join(identity["providers"]))
+            for actor, identity in zip(actors, identities, strict=True):
+                actor.pid, actor.host = int(identity["pid"]), str(identity["host"])
+                if identity["sha256"] != encoder.sha256:
+                    raise InputError(f"Ray worker on {actor.host} loads an encoder with sha256 "
+                                     f"{identity['sha256'][:12]}..., this process {encoder.sha256[:12]}...: every "
+                                     f"node needs the same model file at {self._encoder_config(encoder).model}")
+                log.info("Ray worker %d: pid %d on %s, %s", actor.number, actor.pid, actor.host,
+                         ", ".join(identity["providers"]))
+        except BaseException as exc:
+            for actor in actors:
+                self.ray.kill(actor.handle)
+            if isinstance(exc, self.ray.exceptions.GetTimeoutError):
+                raise RuntimeError(f"{len(actors)} Ray worker(s) did not start within {START_TIMEOUT_S:.0f} s: the "
+                                   f"cluster ({self.ray.cluster_resources()}) lacks the resources; lower --workers"
+                                   ) from None
+            if isinstance(exc, self.ray.exceptions.RayTaskError) and isinstance(exc.cause, InputError):
+                raise exc.cause from None
+            raise
         return actors
 
     @staticmethod
@@ -287,9 +300,17 @@ class RayExecutor:
         """Yield ``(chunk, arrays)`` as the actors finish them (see :class:`vpr_ros.core.map_builder.ChunkExecutor`)."""
         if not chunks:
             return
-        ray = self.ray
         self.stats = RayStats()
         self._connect()
+        try:
+            yield from self._encode_on_actors(source, chunks, encoder, head, size, extractors)
+        finally:
+            self.close()  # a cluster started for this build stops with it
+
+    def _encode_on_actors(self, source: FrameSource, chunks: Sequence[Chunk], encoder: Encoder,
+                          head: VladHead | None, size: tuple[int, int], extractors: Sequence[FrameExtractor]
+                          ) -> Iterator[tuple[Chunk, dict[str, np.ndarray]]]:
+        ray = self.ray
         count, resources = self._placement(encoder.config)
         count = min(count, len(chunks))
         cls = ray.remote(ChunkWorker).options(**resources, max_restarts=0, max_task_retries=0)
@@ -356,4 +377,3 @@ class RayExecutor:
                      st.actor_start_s, st.lost)
             for actor in actors:
                 ray.kill(actor.handle)
-            self.close()  # a cluster started for this build stops with it
