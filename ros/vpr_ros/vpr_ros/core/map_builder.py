@@ -5,7 +5,8 @@ Two passes over the images:
 1. *fit*: encode a sample of up to ``vlad.fit_images`` frames, fit the VLAD vocabulary (k-means) on
    their local features, then the PCA-whitening on their VLADs;
 2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks; with a patch
-   store (``patches.preset``, :mod:`vpr_ros.core.patchnetvlad.store`) also its Patch-NetVLAD patch descriptors.
+   store (``patches.preset``, :mod:`vpr_ros.core.patchnetvlad.store`) also its Patch-NetVLAD patch descriptors;
+   here, or chunk by chunk on Ray actors (``executor``, :mod:`vpr_ros.core.ray_executor`) with the same result.
 
 Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
