@@ -43,7 +43,7 @@ from bench.splits import CORRIDOR, NORDLAND
 from vpr_ros.core.encoders import EncoderConfig, make_encoder
 from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.map_builder import BuildMapConfig, build_map, encode_in_chunks
-from vpr_ros.core.ray_executor import RayExecutor, start_local_cluster
+from vpr_ros.core.ray_executor import RayExecutor, disconnect, start_local_cluster
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.io.images import folder_source
 
@@ -132,7 +132,7 @@ def main() -> None:
             print("nordland", flush=True)
             results["nordland"] = run_dataset(nordland, {"chunk120": 120, "chunk8": 8}, Path(tmp) / "nordland")
     finally:
-        ray.shutdown()
+        disconnect(ray)
     write_result("ray_build", {
         "setup": {"model": EncoderConfig().model, "cores": CORES,
                   "configs": "single: this process, encoder.threads = cores; ray_1: one Ray worker, threads = cores; "

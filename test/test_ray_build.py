@@ -29,7 +29,7 @@ from vpr_ros.cli.common import run_cli
 from vpr_ros.core.encoders import EncoderConfig
 from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.map_builder import BuildMapConfig, Chunk, build_map
-from vpr_ros.core.ray_executor import INSTALL_HINT, ChunkWorker, RayExecutor, start_local_cluster
+from vpr_ros.core.ray_executor import INSTALL_HINT, ChunkWorker, RayExecutor, disconnect, start_local_cluster
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.errors import InputError
 from vpr_ros.io.images import folder_source
@@ -43,7 +43,7 @@ LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 def ray_cluster():
     ray = start_local_cluster(num_cpus=2)
     yield ray
-    ray.shutdown()
+    disconnect(ray)
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -106,18 +108,41 @@ def _worker_env() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
 
 
+#: The SIGTERM handlers ``ray.init`` replaced in this process (it installs one that exits through Ray, and
+#: ``ray.shutdown`` leaves it); saved by :func:`connect`, given back by :func:`disconnect`.
+_sigterm_handlers: list[Any] = []
+
+
+def connect(ray: ModuleType, **init_args: Any) -> None:
+    """``ray.init(**init_args)``, remembering this process's SIGTERM handler for :func:`disconnect`."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    _sigterm_handlers.append(signal.getsignal(signal.SIGTERM) if main_thread else None)
+    ray.init(**init_args)
+
+
+def disconnect(ray: ModuleType) -> None:
+    """``ray.shutdown()`` (a local cluster this process started stops), then this process's SIGTERM handler as it
+    was before :func:`connect`, so that a long-lived process (a test session) goes on as before."""
+    ray.shutdown()
+    handler = _sigterm_handlers.pop() if _sigterm_handlers else None
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def start_local_cluster(num_cpus: int | None = None, num_gpus: int | None = None) -> ModuleType:
     """Start a single-node Ray cluster on this machine, bound to 127.0.0.1, and connect this process to it.
 
     No dashboard, no usage statistics, workers importing this process's vpr_ros. ``num_cpus`` / ``num_gpus``:
-    the node's resources (None: what Ray detects). Raises RuntimeError when Ray was imported before
-    :data:`LOCAL_CLUSTER_ENV` could be set and the node would listen on another address than the loopback.
+    the node's resources (None: what Ray detects). Stop it with :func:`disconnect`. Raises RuntimeError when
+    Ray was imported before :data:`LOCAL_CLUSTER_ENV` could be set and the node would listen on another address
+    than the loopback.
     """
     ray = import_ray(local_cluster=True)
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, runtime_env={"env_vars": _worker_env()})
+    connect(ray, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+            runtime_env={"env_vars": _worker_env()})
     address = ray.util.get_node_ip_address()
     if address != LOOPBACK:
-        ray.shutdown()
+        disconnect(ray)
         raise RuntimeError(f"the local Ray node would listen on {address}, not {LOOPBACK}: ray was imported before "
                            f"vpr_ros could set {LOCAL_CLUSTER_ENV} (set them before importing ray)")
     return ray
@@ -224,7 +249,7 @@ class RayExecutor:
     def close(self) -> None:
         """Disconnect from the cluster if this executor connected (a local cluster it started stops)."""
         if self._connected_here and self.ray.is_initialized():
-            self.ray.shutdown()
+            disconnect(self.ray)
         self._connected_here = False
 
     def _connect(self) -> None:
@@ -235,7 +260,7 @@ class RayExecutor:
             start_local_cluster()
             log.info("started a local Ray cluster on %s: %s", LOOPBACK, self.ray.cluster_resources())
         else:
-            self.ray.init(address=self.address, runtime_env={"env_vars": _worker_env()})
+            connect(self.ray, address=self.address, runtime_env={"env_vars": _worker_env()})
             log.info("joined the Ray cluster at %s: %s", self.address, self.ray.cluster_resources())
         self._connected_here = True
         self.stats.cluster_start_s = time.perf_counter() - t0
