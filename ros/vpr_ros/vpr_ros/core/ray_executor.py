@@ -260,7 +260,13 @@ class RayExecutor:
             start_local_cluster()
             log.info("started a local Ray cluster on %s: %s", LOOPBACK, self.ray.cluster_resources())
         else:
-            connect(self.ray, address=self.address, runtime_env={"env_vars": _worker_env()})
+            try:
+                connect(self.ray, address=self.address, runtime_env={"env_vars": _worker_env()})
+            except ConnectionError as exc:
+                raise InputError(
+                    f"could not join the Ray cluster at {self.address}: {exc} (is it running? A cluster with token "
+                    "authentication, Ray's default, needs RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN "
+                    "or ~/.ray/auth_token)") from None
             log.info("joined the Ray cluster at %s: %s", self.address, self.ray.cluster_resources())
         self._connected_here = True
         self.stats.cluster_start_s = time.perf_counter() - t0
