@@ -17,9 +17,10 @@ workers are already started) and ``frames_per_s_with_start`` (Ray workers starte
 build pays). The Ray cluster's own start (``cluster_start_s``, once per ``build_map --executor ray`` run) is
 reported apart. ``overhead_per_chunk_ms`` = (workers x encoding wall time - the seconds workers spent inside
 ``encode_chunk``) / chunks: worker time not spent encoding (sending images and results, scheduling, waiting on
-the driver, and at the end for the other worker's last chunk), per chunk. ``max_abs_diff_vs_single``: the largest descriptor difference from the single-process
-pass (0.0 = bitwise equal; a different ONNX Runtime thread count may change the last bits). Nordland is also
-run with chunks of 8 frames (one batch) to show the per-chunk cost when chunks are small.
+the driver, and at the end for the other worker's last chunk), per chunk. ``max_abs_diff_vs_single``: the
+largest descriptor difference from the single-process pass (0.0 = bitwise equal; a different ONNX Runtime thread
+count may change the last bits). Nordland is also run with chunks of 8 frames (one batch) to show the per-chunk
+cost when chunks are small.
 
     python -m bench ray_build           # writes bench/results/ray_build.json
 """
