@@ -116,8 +116,9 @@ _sigterm_handlers: list[Any] = []
 def connect(ray: ModuleType, **init_args: Any) -> None:
     """``ray.init(**init_args)``, remembering this process's SIGTERM handler for :func:`disconnect`."""
     main_thread = threading.current_thread() is threading.main_thread()
-    _sigterm_handlers.append(signal.getsignal(signal.SIGTERM) if main_thread else None)
+    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(**init_args)
+    _sigterm_handlers.append(handler)
 
 
 def disconnect(ray: ModuleType) -> None:
