@@ -41,7 +41,14 @@ LOOPBACK_ADDRESSES = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = start_local_cluster(num_cpus=2)
+    # A local cluster is always a new one: not the cluster RAY_ADDRESS (or one `ray start` left) names, which
+    # ray.init() would otherwise join -- here an address where nothing listens, so joining it would fail.
+    saved = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:9"
+    try:
+        ray = start_local_cluster(num_cpus=2)
+    finally:
+        os.environ.pop("RAY_ADDRESS") if saved is None else os.environ.update(RAY_ADDRESS=saved)
     yield ray
     disconnect(ray)
 

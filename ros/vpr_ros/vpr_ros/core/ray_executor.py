@@ -139,7 +139,9 @@ def start_local_cluster(num_cpus: int | None = None, num_gpus: int | None = None
     than the loopback.
     """
     ray = import_ray(local_cluster=True)
-    connect(ray, num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+    # address="local": always a new cluster; without it ray.init joins one that RAY_ADDRESS names or that
+    # `ray start` left on this machine.
+    connect(ray, address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
             runtime_env={"env_vars": _worker_env()})
     address = ray.util.get_node_ip_address()
     if address != LOOPBACK:
@@ -350,7 +352,7 @@ class RayExecutor:
         t0 = time.perf_counter()
         actors = self._start_actors(range(count), cls, args, encoder)
         self.stats.workers, self.stats.actor_start_s = count, time.perf_counter() - t0
-        replacements_left = MAX_ATTEMPTS * count
+        replacements_left, next_number = MAX_ATTEMPTS * count, count
         queue: deque[Chunk] = deque(chunks)
         attempts: dict[int, int] = {}
         in_flight: dict[Any, tuple[_Actor, Chunk]] = {}
@@ -370,7 +372,7 @@ class RayExecutor:
                 try:
                     outputs, seconds = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
-                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    reason = (str(exc).strip() or type(exc).__name__).splitlines()[0]
                     if attempts[chunk.index] >= MAX_ATTEMPTS:
                         raise RuntimeError(
                             f"chunk {chunk.index} (frames {chunk.start}-{chunk.stop - 1}) was lost with its Ray "
@@ -386,9 +388,8 @@ class RayExecutor:
                         actors.remove(actor)
                         ray.kill(actor.handle)  # if it is only unreachable, it must not come back with old calls
                         if replacements_left > 0:
-                            replacements_left -= 1
-                            number = max([a.number for a in actors] + [actor.number]) + 1
-                            actors += self._start_actors([number], cls, args, encoder)
+                            replacements_left, next_number = replacements_left - 1, next_number + 1
+                            actors += self._start_actors([next_number - 1], cls, args, encoder)
                     if not actors:
                         raise RuntimeError("every Ray worker died; the chunks already saved are kept, the same "
                                            "command resumes from them") from exc
