@@ -16,18 +16,21 @@ fitted to real ones, with real descriptors planted in them:
    are put at random rows of the map; the query descriptors of the same places (the other traversal) are the
    queries, so each query has its true match in the map among the synthetic frames.
 
-Each index (Flat; IVF-PQ with exact re-scoring, the ``auto`` choice; IVF with an HNSW coarse quantizer and PQ;
-HNSW) is built into a real map (:class:`ReferenceMap`, saved to disk under ``--work``, by default
-/tmp/vpr_map_scale, removed afterwards), then every measurement runs in a *fresh subprocess* (2 FAISS threads):
-open time (``ReferenceMap.load``, warm page cache: the map was just written) without and with sha256
-verification, resident memory (psutil RSS) after open and after 1,000 single-query searches, latency p50 / p95 of
-those searches, and recall relative to exact search: recall@1 = the share of queries whose top-1 is exact search's
-top-1, recall@10 = the mean share of exact search's top-10 found in the top-10. ``true_match@1`` is the share of
-queries whose top-1 is the planted true match.
+Each index (Flat; IVF with 8-bit scalar codes and exact re-scoring, the ``auto`` choice; the same with an HNSW
+coarse quantizer; IVF-PQ with exact re-scoring, auto's earlier choice; HNSW) is built into a real map
+(:class:`ReferenceMap`, saved to disk under ``--work``, by default /tmp/vpr_map_scale, removed afterwards), then
+every measurement runs in a *fresh subprocess* (2 FAISS threads): open time (``ReferenceMap.load``, warm page cache:
+the map was just written) without and with sha256 verification, resident memory (psutil RSS) after open and after
+1,000 single-query searches, latency p50 / p95 of those searches, and recall relative to exact search: recall@1 =
+the share of queries whose top-1 is exact search's top-1, recall@10 = the mean share of exact search's top-10 found
+in the top-10. ``true_match@1`` is the share of queries whose top-1 is the planted true match. The first
+:data:`TUNING_QUERIES` queries are the ones auto's index kind was chosen on (a side run at 1M frames: IVF-PQ
+plateaued near 0.9, scalar codes reached 0.97); every recall is also reported on the others alone (``held_out``),
+which is the figure the acceptance reads.
 
 Finally the ``auto`` choice is checked on the real maps: corridor and Nordland summer built by ``build_map``
 (default settings: auto), queried with their other traversal; recall@1 against the ground truth (corridor +-2,
-Nordland +-1 places) for the chosen index and for an IVF-PQ index of the parameters auto uses for large maps.
+Nordland +-1 places) for the chosen index and for the inverted-file index auto uses for large maps.
 
     python -m bench map_scale                         # 100k and 1M (about an hour on 2 busy cores)
     python -m bench.bench_map_scale --sizes 100000    # while developing
@@ -42,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +64,9 @@ DIM = 256
 SEED = 0
 GMM_COMPONENTS = 16
 QUERIES_TIMED = 1000
+TUNING_QUERIES = 400
 FAISS_THREADS = 2
-HNSW_MAX_FRAMES = 200_000
+HNSW_MAX_FRAMES = 1_000_000
 CACHE = REPO / "out" / "bench_map_scale_real.npz"
 
 
@@ -193,16 +198,24 @@ def measure(map_dir: Path, queries_file: Path, exact_file: Path, truth_file: Pat
         _, r = refmap.search(q[None], 10, search)
         latencies.append((time.perf_counter() - t) * 1e3)
         rows.append(r[0])
-    rss_queries = process.memory_info().rss
+    after_queries = process.memory_info()
+    rss_queries = after_queries.rss
     found = np.stack(rows)
     ex = exact[:QUERIES_TIMED]
-    recall10 = np.mean([len(np.intersect1d(f, e)) / 10 for f, e in zip(found, ex, strict=True)])
+    hits10 = np.array([len(np.intersect1d(f, e)) / 10 for f, e in zip(found, ex, strict=True)])
+    hits1 = found[:, 0] == ex[:, 0]
+    held_out = slice(TUNING_QUERIES, None)
     spec = refmap.index_spec
     return {"factory": spec.factory if spec else None, "settings": settings, "open_s": open_s,
             "rss_at_start": rss_start, "rss_after_open": rss_open, "rss_after_queries": rss_queries,
+            # Of which file-backed: pages of the memory-mapped map files the process touched, including the
+            # page cache's neighbouring pages the kernel maps with them (whole large folios); reclaimable.
+            "rss_file_backed_after_queries": after_queries.shared,
             "queries": len(found), "latency_ms": {"p50": float(np.percentile(latencies, 50)),
                                                   "p95": float(np.percentile(latencies, 95))},
-            "recall@1": float(np.mean(found[:, 0] == ex[:, 0])), "recall@10": float(recall10),
+            "recall@1": float(np.mean(hits1)), "recall@10": float(np.mean(hits10)),
+            "held_out": {"queries": len(hits1[held_out]), "recall@1": float(np.mean(hits1[held_out])),
+                         "recall@10": float(np.mean(hits10[held_out]))},
             "true_match@1": float(np.mean(found[:, 0] == truth[:QUERIES_TIMED]))}
 
 
@@ -225,19 +238,20 @@ def candidates(n: int) -> list[tuple[str, str, list[dict[str, int]]]]:
 
     nlist = auto_nlist(n)
     auto = choose_index(n, DIM)
-    # A first run at 100k: nprobe 16-64 (of 1024 lists) with refine 16 reached recall@1 0.74-0.90 only, so the
-    # sweep visits 1/16 to 1/4 of the lists and re-scores more candidates (auto: 1/8, refine 32).
-    # At 1M (second run) recall@1 stayed near 0.9 up to 1/4 of the lists: the re-scored pool, not nprobe, limits it,
-    # hence the last setting.
-    sweep = [{"nprobe": nlist // f, "refine": r} for f, r in ((16, 32), (8, 32), (4, 32), (8, 1), (8, 128))]
+    # Auto's setting (1/8 of the lists, refine 4) between half and twice as many lists, and without re-scoring.
+    # IVF-PQ (auto's first choice): at 1M, recall@1 stayed near 0.9 up to 1/4 of the lists with 32 x top_k
+    # re-scored; the last setting re-scores 128 x top_k.
+    sweep = [{"nprobe": nlist // f, "refine": r} for f, r in ((16, 4), (8, 4), (4, 4), (8, 1))]
     found = [
-        ("ivf_pq", auto.factory if auto.approximate else f"IVF{nlist},PQ32np", sweep),
+        ("ivf_sq8", auto.factory if auto.approximate else f"IVF{nlist},SQ8", sweep),
         ("flat", "Flat", [{}]),
-        ("ivf_hnsw_pq", f"IVF{nlist}_HNSW32,PQ32np", sweep),
+        ("ivf_hnsw_sq8", f"IVF{nlist}_HNSW32,SQ8", [{"nprobe": nlist // 8, "refine": 4}]),
+        ("ivf_pq", f"IVF{nlist},PQ32np",
+         [{"nprobe": nlist // f, "refine": r} for f, r in ((8, 32), (4, 32), (8, 128))]),
     ]
-    # HNSW's graph build (minutes at 100k on 2 shared cores) would take hours at 1M: measured up to 200k only.
+    # HNSW keeps its vectors uncompressed beside the graph (RAM ~ 1.3 x the descriptors); built up to 1M frames.
     if n <= HNSW_MAX_FRAMES:
-        found.append(("hnsw", "HNSW32", [{"ef_search": e} for e in (32, 64, 128)]))
+        found.append(("hnsw", "HNSW32", [{"ef_search": e} for e in (64, 128, 256)]))
     return found
 
 
@@ -298,10 +312,12 @@ def bench_size(n: int, real: dict[str, np.ndarray], work: Path, skip: set[str]) 
 
 
 def best_setting(searches: list[dict[str, Any]], min_recall: float = 0.95) -> dict[str, Any]:
-    """The fastest (p95) setting reaching ``min_recall`` recall@1, else the most accurate."""
-    ok = [s for s in searches if s["recall@1"] >= min_recall]
-    pick = min(ok, key=lambda s: s["latency_ms"]["p95"]) if ok else max(searches, key=lambda s: s["recall@1"])
+    """The fastest (p95) setting reaching ``min_recall`` recall@1 on the held-out queries, else the most accurate."""
+    ok = [s for s in searches if s["held_out"]["recall@1"] >= min_recall]
+    pick = (min(ok, key=lambda s: s["latency_ms"]["p95"]) if ok
+            else max(searches, key=lambda s: s["held_out"]["recall@1"]))
     return {"settings": pick["settings"], "recall@1": pick["recall@1"], "recall@10": pick["recall@10"],
+            "held_out": pick["held_out"],
             "p50_ms": pick["latency_ms"]["p50"], "p95_ms": pick["latency_ms"]["p95"], "open_s": pick["open_s"],
             "rss_after_open": pick["rss_after_open"], "rss_after_queries": pick["rss_after_queries"],
             "true_match@1": pick["true_match@1"]}
@@ -313,7 +329,7 @@ def real_maps(work: Path) -> dict[str, Any]:
 
     from vpr_ros.core.encoders import EncoderConfig, make_encoder
     from vpr_ros.core.map_builder import BuildMapConfig, build_map
-    from vpr_ros.core.map_index import AUTO_TABLE, IndexSpec, auto_nlist, pq_subquantizers
+    from vpr_ros.core.map_index import AUTO_TABLE, auto_nlist, inverted_file_spec
     from vpr_ros.core.refmap import ReferenceMap
     from vpr_ros.core.vlad import global_descriptors
     from vpr_ros.io.images import folder_source
@@ -338,17 +354,14 @@ def real_maps(work: Path) -> dict[str, Any]:
 
         _, rows_auto = refmap.search(q, 10)
         assert refmap.index_spec is not None
-        row = AUTO_TABLE[1]
-        m = pq_subquantizers(refmap.dim)
-        nlist = auto_nlist(len(refmap))
-        large = IndexSpec(f"IVF{nlist},{f'PQ{m}np' if m else 'SQ8'}", nprobe=max(1, nlist // row.probe_fraction),
-                          refine=row.refine, requested="bench")
+        # The large-map row of the auto table applied to this map's size (what auto picks beyond its flat limit).
+        large = replace(inverted_file_spec(auto_nlist(len(refmap)), AUTO_TABLE[-1]), requested="bench")
         approx = ReferenceMap(refmap.frames, refmap.descriptors, refmap.head, refmap.encoder, refmap.input_size,
                               index_spec=large)
         _, exact = faiss.knn(q, np.asarray(refmap.descriptors), 10, metric=faiss.METRIC_INNER_PRODUCT)
         try:
             _, rows_large = approx.search(q, 10)
-        except RuntimeError as exc:  # PQ needs 256 training points per code book: the corridor has 111 frames
+        except RuntimeError as exc:  # too few frames to train the index (a few lists per 39 frames)
             rows_large = None
             print(f"{split.name}: {large.factory} cannot be trained ({str(exc).splitlines()[-1][-80:]})")
         out[split.name] = {"frames": len(refmap), "dim": refmap.dim, "auto": refmap.index_spec.factory,
@@ -367,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_map_scale", description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="map sizes in frames")
     parser.add_argument("--work", type=Path, default=Path("/tmp/vpr_map_scale"), help="scratch folder (removed)")
-    parser.add_argument("--skip", nargs="*", default=[], help="indexes to leave out (flat ivf_pq ivf_hnsw_pq hnsw)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="indexes to leave out (flat ivf_sq8 ivf_hnsw_sq8 ivf_pq hnsw)")
     parser.add_argument("--no-real-maps", action="store_true", help="skip the real corridor / Nordland check")
     parser.add_argument("--update", action="store_true",
                         help="keep the sizes (and real-map check) of the existing results file that this run does "
@@ -398,7 +412,10 @@ def main(argv: list[str] | None = None) -> None:
             real_check = real_maps(args.work)
             save(results, real_check)
         for n in args.sizes:
-            results[str(n)] = bench_size(n, real, args.work, set(args.skip))
+            measured = bench_size(n, real, args.work, set(args.skip))
+            if args.update and str(n) in results:  # indexes this run skipped keep their earlier measurement
+                measured["indexes"] = {**results[str(n)].get("indexes", {}), **measured["indexes"]}
+            results[str(n)] = measured
             save(results, real_check)  # after every size: a long run interrupted keeps what it measured
     finally:
         shutil.rmtree(args.work, ignore_errors=True)

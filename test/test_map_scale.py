@@ -65,9 +65,9 @@ def test_auto_picks_exact_search_for_a_small_map_and_records_why(tmp_path: Path)
     assert choose_index(AUTO_TABLE[0].max_frames, 256).factory == "Flat"
 
 
-@pytest.mark.parametrize("frames, factory", [(1_000_000, "IVF4096,PQ32np"), (200_000, "IVF2048,PQ32np"),
-                                             (AUTO_TABLE[0].max_frames + 1, "IVF1024,PQ32np")])
-def test_auto_picks_ivf_pq_beyond_the_flat_limit_with_its_measured_parameters(frames: int, factory: str):
+@pytest.mark.parametrize("frames, factory", [(1_000_000, "IVF4096,SQ8"), (200_000, "IVF2048,SQ8"),
+                                             (AUTO_TABLE[0].max_frames + 1, "IVF1024,SQ8")])
+def test_auto_picks_an_inverted_file_beyond_the_flat_limit_with_its_measured_parameters(frames: int, factory: str):
     spec = choose_index(frames, 256)
     row = AUTO_TABLE[1]
     nlist = int(factory[3:].split(",")[0])
@@ -83,10 +83,9 @@ def test_explicit_settings_override_the_auto_values():
     assert (named.factory, named.ef_search, named.refine, named.requested) == ("HNSW32", 40, 1, "HNSW32")
 
 
-def test_pq_code_size_follows_the_dimension():
-    assert map_index.pq_subquantizers(256) == 32 and map_index.pq_subquantizers(96) == 12
-    assert map_index.pq_subquantizers(127) is None  # prime: no PQ split, auto falls back to SQ8
-    assert choose_index(100_000, 127).factory.endswith(",SQ8")
+def test_auto_scalar_codes_take_any_dimension():
+    # 8-bit codes per dimension: a prime dimension (no product-quantiser split) gets the same index.
+    assert choose_index(100_000, 127).factory == choose_index(100_000, 256).factory == "IVF1024,SQ8"
 
 
 # ---- search parameters per call ----------------------------------------------------------------------------------

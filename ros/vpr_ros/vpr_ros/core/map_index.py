@@ -3,8 +3,8 @@ trained, how it is opened (memory-mapped) and searched (search parameters per ca
 
 ``auto`` (:func:`choose_index`) follows :data:`AUTO_TABLE`, measured by ``python -m bench map_scale``
 (bench/results/map_scale.json, README "Large maps"): exact search (``Flat``) while one query over the whole map
-stays within a few milliseconds on 2 cores, an inverted file with product-quantised codes beyond (``IVF<nlist>,
-PQ<m>np``: 1 byte per 8 dimensions per frame, so a million 256-d frames index into ~40 MB instead of 1 GB), whose
+stays within a few milliseconds on 2 cores, an inverted file with 8-bit scalar-quantised codes beyond
+(``IVF<nlist>,SQ8``: one byte per dimension, a quarter of the float descriptors, memory-mapped), whose
 approximate top candidates are re-scored exactly against the map's memory-mapped ``descriptors.npy``
 (``refine``: k x refine candidates are fetched, the best k by exact inner product are returned; the rows read are
 the candidates' only). Whatever auto
@@ -43,7 +43,7 @@ class IndexConfig:
     """FAISS index over the global descriptors."""
 
     factory: str = setting(AUTO, "FAISS index_factory string, or auto = exact search (Flat) for small maps and an "
-                           "inverted file with product quantisation (IVF<nlist>,PQ<m>np, re-scored exactly) beyond, "
+                           "inverted file with 8-bit scalar quantisation (IVF<nlist>,SQ8, re-scored exactly) beyond, "
                            "as measured by bench map_scale (README: Large maps); e.g. Flat, HNSW32, "
                            "IVF4096,PQ32np; metric is inner product on L2-normalised descriptors")
     nprobe: int = setting(0, "IVF lists visited per query (0 = auto's measured value, 16 for a named factory)",
@@ -69,24 +69,28 @@ class AutoRow:
     """One row of the auto table: maps of up to ``max_frames`` frames get this index."""
 
     max_frames: int
-    kind: str            # "flat" or "ivfpq"
+    kind: str            # "flat" or "ivf_sq8"
     probe_fraction: int = 8  # nprobe = nlist / probe_fraction
     refine: int = 1
     why: str = ""
 
 
 #: Measured by ``python -m bench map_scale`` (bench/results/map_scale.json; README "Large maps"), 2 FAISS threads on
-#: 2 shared cores: exact search of 100k frames took tens of milliseconds per query (p50 33, p95 64 ms under a load
-#: of ~10), growing linearly with the map, so it stays the choice up to 50k frames; beyond, IVF-PQ visiting 1/8 of
-#: its lists with 32 x top_k candidates re-scored exactly reached recall@1 0.95 of exact search at 100k frames with
-#: p95 7 ms (1/16 of the lists: 0.91; no re-scoring: 0.26), opening in a fraction of a second.
+#: 2 cores: exact search of 100k frames takes tens of milliseconds per query, growing linearly with the map, so it
+#: stays the choice up to 50k frames. Beyond, the inverted file visits 1/8 of its lists (chosen at 100k frames).
+#: Its codes were product-quantised first (PQ32, 32 bytes per frame, 32 x top_k candidates re-scored exactly): at
+#: 1M frames recall@1 stayed near 0.9 of exact search even visiting 1/4 of the lists, because the true neighbour
+#: ranked beyond the re-scored pool, while exact distances inside the same visited lists gave 0.97. 8-bit scalar
+#: codes rank almost like exact distances, so re-scoring 4 x top_k recovers the rest (0.97 on the tuning queries
+#: of the 1M map) at 256 bytes per frame, memory-mapped, and a few milliseconds per query.
 AUTO_TABLE: tuple[AutoRow, ...] = (
     AutoRow(50_000, "flat", why="exact search; its cost grows with the map and passes a few milliseconds per query "
                                 "on 2 cores beyond 50k frames"),
-    AutoRow(1 << 62, "ivfpq", probe_fraction=8, refine=32,
-            why="beyond 50k frames exact search costs tens of milliseconds per query on 2 cores; IVF-PQ visiting 1/8 "
-                "of its lists with 32 x top_k candidates re-scored exactly keeps recall@1 about 0.95 of exact search "
-                "at a few milliseconds and tens of bytes per frame in RAM (bench map_scale)"),
+    AutoRow(1 << 62, "ivf_sq8", probe_fraction=8, refine=4,
+            why="beyond 50k frames exact search costs tens of milliseconds per query on 2 cores; an inverted file "
+                "of 8-bit codes visiting 1/8 of its lists, 4 x top_k candidates re-scored exactly, keeps recall@1 "
+                "about 0.95 of exact search or better at a few milliseconds per query, its codes memory-mapped "
+                "(bench map_scale)"),
 )
 #: FAISS k-means wants at least 39 training points per list; fewer lists rather than a warning.
 MIN_POINTS_PER_LIST = 39
@@ -152,13 +156,10 @@ def auto_nlist(frames: int) -> int:
     return max(nlist, 1)
 
 
-def pq_subquantizers(dim: int) -> int | None:
-    """PQ sub-quantizers for ``dim``-d vectors: the largest divisor of dim that is at most dim / 8 (8 dimensions per
-    code byte), None when the only divisors left give more than 16 dimensions per byte (e.g. a prime dim)."""
-    for m in range(max(dim // 8, 1), 0, -1):
-        if dim % m == 0:
-            return m if dim // m <= 16 else None
-    return None
+def inverted_file_spec(nlist: int, row: AutoRow) -> IndexSpec:
+    """The inverted-file index of ``nlist`` lists that auto's ``row`` describes (8-bit codes, any dimension)."""
+    return IndexSpec(f"IVF{nlist},SQ8", nprobe=max(1, nlist // row.probe_fraction), refine=row.refine,
+                     requested=AUTO, reason=row.why)
 
 
 def choose_index(frames: int, dim: int, config: IndexConfig | None = None) -> IndexSpec:
@@ -172,14 +173,7 @@ def choose_index(frames: int, dim: int, config: IndexConfig | None = None) -> In
     if row.kind == "flat":
         spec = IndexSpec("Flat", requested=AUTO, reason=row.why)
     else:
-        nlist = auto_nlist(frames)
-        m = pq_subquantizers(dim)
-        # "np": no polysemous training. index_factory turns it on for PQ; it reorders the code book for Hamming
-        # filtering, which this search never uses, and took 40 s of a 40 s training of a small map.
-        codes = f"PQ{m}np" if m is not None else "SQ8"
-        spec = IndexSpec(f"IVF{nlist},{codes}", nprobe=max(1, nlist // row.probe_fraction), refine=row.refine,
-                         requested=AUTO,
-                         reason=row.why)
+        spec = inverted_file_spec(auto_nlist(frames), row)
     spec = replace(spec, nprobe=config.nprobe or spec.nprobe, ef_search=config.ef_search or spec.ef_search,
                    refine=config.refine or spec.refine)
     return spec
