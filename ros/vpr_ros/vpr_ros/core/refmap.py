@@ -109,6 +109,8 @@ class ReferenceMap:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     _index: Any = field(default=None, repr=False)
+    #: Where searches run when :meth:`place_search` was called (:mod:`vpr_ros.core.gpu_index`); None: the CPU.
+    _placement: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.descriptors = np.ascontiguousarray(self.descriptors, dtype=np.float32)
@@ -141,8 +143,18 @@ class ReferenceMap:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (B, {self.dim}), got {queries.shape}")
         k = min(int(k), len(self))
-        sims, idx = self.index.search(queries, k)
+        index = self.index if self._placement is None else self._placement.index_for(self.index, k)
+        sims, idx = index.search(queries, k)
         return sims, idx
+
+    def place_search(self, device: str) -> str:
+        """Search this map on ``device`` (``cpu``, ``cuda`` or ``auto``: a GPU copy of the index when FAISS can
+        make one, :func:`vpr_ros.core.gpu_index.place_index`); returns where searches now run (``cpu``,
+        ``cuda:0``)."""
+        from vpr_ros.core.gpu_index import place_index
+
+        self._placement = place_index(self.index, device)
+        return self._placement.device
 
     def append(self, frames: FrameTable, descriptors: np.ndarray,
                arrays: dict[str, np.ndarray] | None = None) -> None:
