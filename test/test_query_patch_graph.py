@@ -20,7 +20,7 @@ from vpr_ros.core.patchnetvlad.matching import nearest_patches, quantise_query
 from vpr_ros.core.patchnetvlad.query_graph import QueryPatchGraph, window_index
 from vpr_ros.core.patchnetvlad.rerank import stored_spec
 from vpr_ros.core.refmap import ReferenceMap
-from vpr_ros.core.vlad import VladHead
+from vpr_ros.core.vlad import HEAD_GRAPH_FILE_NAME, VladHead, VladHeadGraph
 from vpr_training.export import patch_graphs
 
 FLOAT_TOLERANCE = 1e-5
@@ -33,8 +33,11 @@ def test_shipped_graph_is_what_the_generator_builds(tmp_path: Path):
     shipped = (patch_graphs.SHIPPED_DIRECTORY / query_graph.GRAPH_FILE_NAME).read_bytes()
     assert shipped == patch_graphs.query_patch_graph().SerializeToString()
     assert query_graph._graph() == shipped
+    head = (patch_graphs.SHIPPED_DIRECTORY / HEAD_GRAPH_FILE_NAME).read_bytes()
+    assert head == patch_graphs.vlad_head_graph().SerializeToString()
     # A changed file is reported, and rewritten.
-    assert patch_graphs.write_graphs(tmp_path) == [tmp_path / query_graph.GRAPH_FILE_NAME]
+    assert patch_graphs.write_graphs(tmp_path) == [tmp_path / query_graph.GRAPH_FILE_NAME,
+                                                   tmp_path / HEAD_GRAPH_FILE_NAME]
     model = onnx.load_model_from_string((tmp_path / query_graph.GRAPH_FILE_NAME).read_bytes())
     next(n for n in model.graph.node if n.op_type == "Softmax").attribute[0].i = 0
     (tmp_path / query_graph.GRAPH_FILE_NAME).write_bytes(model.SerializeToString())
@@ -83,6 +86,17 @@ def test_graph_without_input_normalisation_matches_numpy(corridor_patch_map: Pat
     assert np.abs(query_t.T - reference[0]).max() < FLOAT_TOLERANCE
     normalised = patch_descriptors(features, refmap.head, spec.grids, spec.dim)[0][0]
     assert np.abs(normalised - reference[0]).max() > 100 * FLOAT_TOLERANCE  # the flag does change the result
+
+
+def test_vlad_head_graph_gives_the_numpy_global_descriptors(corridor_patch_map: Path, encoder, corridor: Path):
+    refmap = ReferenceMap.load(corridor_patch_map)
+    features = np.concatenate(_features(encoder, corridor, refmap, ("0000007.jpg", "0000042.jpg", "0000090.jpg")))
+    for head in (refmap.head, VladHead(**{**refmap.head.__dict__, "normalize_input": False})):
+        got = VladHeadGraph(head, threads=1).global_descriptors(features)
+        assert got.shape == (3, head.output_dim)
+        assert np.abs(got - head.global_descriptors(features)).max() < FLOAT_TOLERANCE
+    with pytest.raises(ValueError, match="needs a head with a projection"):
+        VladHeadGraph(VladHead(refmap.head.centroids, refmap.head.assign_weight, refmap.head.assign_bias))
 
 
 def test_reranking_through_the_graph_matches_the_numpy_queries(corridor_patch_map: Path, encoder, corridor: Path):

@@ -40,7 +40,7 @@ from vpr_ros.core.patchnetvlad.rerank import PatchCorrespondences, RerankConfig,
 from vpr_ros.core.profiling import step
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
-from vpr_ros.core.vlad import global_descriptors
+from vpr_ros.core.vlad import VladHeadGraph, global_descriptors
 
 
 @dataclass(frozen=True)
@@ -193,6 +193,9 @@ class Localizer:
         self.refmap = refmap
         self.encoder = encoder
         self.height, self.width = (int(v) for v in refmap.input_size)
+        head = refmap.head
+        # The VLAD head in ONNX Runtime's thread pool (see VladHeadGraph); numpy for heads without a projection.
+        self._head_graph = VladHeadGraph(head) if head is not None and head.projection is not None else None
         self._stages = PipelineStages(config, self._build_reranker(config.rerank),
                                       self._build_sequence(config.sequence, config.top_k))
 
@@ -257,7 +260,8 @@ class Localizer:
         with step("encoder"):
             feats = self.encoder.features(images, self.height, self.width)
         with step("vlad_head"):
-            globals_ = global_descriptors(feats, self.refmap.head)
+            globals_ = (self._head_graph.global_descriptors(feats) if self._head_graph is not None
+                        else global_descriptors(feats, self.refmap.head))
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
     def retrieve(self, query: QueryFeatures, k: int | None = None, stamp: float | None = None) -> Candidates:
