@@ -183,7 +183,7 @@ def flame_plot(configs: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def main(frames_per_round: int = 111, rounds: int = ROUNDS) -> None:
+def main(frames_per_round: int = 40, rounds: int = ROUNDS) -> None:
     from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
     from vpr_ros.core.localizer import Localizer, LocalizerConfig
     from vpr_ros.core.patchnetvlad.rerank import RerankConfig
