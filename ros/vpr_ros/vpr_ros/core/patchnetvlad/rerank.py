@@ -21,6 +21,7 @@ from vpr_ros.config import setting
 from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, patch_descriptors
 from vpr_ros.core.patchnetvlad.matching import nearest_patches
 from vpr_ros.core.patchnetvlad.presets import PRESETS, SCORERS
+from vpr_ros.core.patchnetvlad.query_graph import QueryPatchGraph
 from vpr_ros.core.patchnetvlad.scoring import (
     FUSIONS,
     PatchMatches,
@@ -37,6 +38,7 @@ from vpr_ros.core.patchnetvlad.store import (
     decode,
     resolve_spec,
 )
+from vpr_ros.core.profiling import step
 from vpr_ros.core.refmap import MapError, ReferenceMap
 
 
@@ -57,8 +59,8 @@ class RerankConfig:
                           choices=FUSIONS)
     ransac_tolerance: float = setting(1.0, "RANSAC inlier tolerance in patch strides (paper: 1; the official "
                                       "code uses 1.5)", min=0.0)
-    strategy: str = setting("auto", "query patch projection: direct, shared or auto (same result)",
-                            choices=STRATEGIES)
+    strategy: str = setting("auto", "query patch projection of the numpy path (debug views; re-ranking runs the "
+                            "query patch ONNX graph): direct, shared or auto (same result)", choices=STRATEGIES)
     threads: int = setting(0, "ONNX Runtime threads for patch matching (0 = one per core)", min=0)
 
 
@@ -178,6 +180,8 @@ class Reranker:
         self.grid_indices = [g.grid_indices() for g in spec.grids]
         self.centres = [g.centres() for g in spec.grids]
         self.bounds = [rapid_spatial_score_bound((g.cols - 1, g.rows - 1)) for g in spec.grids]
+        # The query's patches in one ONNX Runtime call per size, already in the matcher's layout and type.
+        self.query_graph = QueryPatchGraph(refmap.head, spec.grids, spec.dim, self.config.threads)
 
     @property
     def stores(self) -> list[np.ndarray]:
@@ -187,11 +191,19 @@ class Reranker:
 
     def query_patches(self, features: np.ndarray) -> list[np.ndarray]:
         """Query feature map (1, D, h, w) -> per patch size (n_p, P) float32 descriptors."""
-        return [p[0] for p in patch_descriptors(features, self.refmap.head, self.spec.grids, self.spec.dim,
-                                                 self.config.strategy)]
+        return [query_t.T for query_t, _ in self.query_graph.run(features)]
 
-    def scale_scores(self, query: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """(B, S) per-size scores in [0, 1] of map rows ``rows`` against the query patches."""
+    def matcher_queries(self, features: np.ndarray) -> list[np.ndarray]:
+        """Query feature map (1, D, h, w) -> per patch size the (P, n_p) query the matcher takes for the store's
+        encoding (int8 codes for an int8 store): no transpose or quantisation left for :meth:`scale_scores`."""
+        with step("query_patches"):
+            per_size = self.query_graph.run(features)
+        return [q8 if self.spec.encoding == "int8" else q for q, q8 in per_size]
+
+    def scale_scores(self, query: list[np.ndarray] | None, rows: np.ndarray,
+                     query_t: list[np.ndarray] | None = None) -> np.ndarray:
+        """(B, S) per-size scores in [0, 1] of map rows ``rows`` against the query patches: ``query`` per size
+        (n_p, P) float32, or ``query_t`` per size in the matcher's layout (:meth:`matcher_queries`)."""
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.zeros((len(rows), len(self.spec.grids)))
         if len(rows) == 0:
@@ -203,16 +215,20 @@ class Reranker:
         inverse[order] = np.arange(len(order))
         stores = self.stores
         for s, grid in enumerate(self.spec.grids):
-            sorted_matches = nearest_patches(query[s], np.asarray(stores[s][rows[order]]), self.spec.encoding,
-                                             self.config.threads)
+            with step("store_gather"):
+                refs = np.asarray(stores[s][rows[order]])
+            with step("matching"):
+                sorted_matches = nearest_patches(None if query is None else query[s], refs, self.spec.encoding,
+                                                 self.config.threads, None if query_t is None else query_t[s])
             matches = PatchMatches(sorted_matches.nearest_query[inverse], sorted_matches.mutual[inverse],
                                    sorted_matches.n_query)
-            if self.scorer == "ransac":
-                tolerance = self.config.ransac_tolerance * grid.stride * grid.pixel_stride
-                scores[:, s] = ransac_scores(matches, self.centres[s], self.centres[s], tolerance)
-            else:
-                rapid = rapid_spatial_scores(matches, self.grid_indices[s], self.grid_indices[s])
-                scores[:, s] = rapid / self.bounds[s]
+            with step("spatial_score"):
+                if self.scorer == "ransac":
+                    tolerance = self.config.ransac_tolerance * grid.stride * grid.pixel_stride
+                    scores[:, s] = ransac_scores(matches, self.centres[s], self.centres[s], tolerance)
+                else:
+                    rapid = rapid_spatial_scores(matches, self.grid_indices[s], self.grid_indices[s])
+                    scores[:, s] = rapid / self.bounds[s]
         return scores
 
     def explain(self, features: np.ndarray, row: int, scale: int | None = None) -> PatchCorrespondences:
@@ -249,7 +265,8 @@ class Reranker:
 
     def rerank(self, features: np.ndarray, rows: np.ndarray) -> RerankResult:
         """Re-order candidate map rows (best retrieval first) by fused patch score; ties keep retrieval order."""
-        per_scale = self.scale_scores(self.query_patches(features), rows)
-        fused, weights = fuse_scales(per_scale, np.asarray(self.spec.weights), self.config.fusion)
-        order = np.argsort(-fused, kind="stable")
+        per_scale = self.scale_scores(None, rows, self.matcher_queries(features))
+        with step("fuse"):
+            fused, weights = fuse_scales(per_scale, np.asarray(self.spec.weights), self.config.fusion)
+            order = np.argsort(-fused, kind="stable")
         return RerankResult(order, fused[order].astype(np.float32), per_scale[order], weights)
