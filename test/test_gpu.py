@@ -27,7 +27,9 @@ from vpr_ros.config import ConfigError, config_from_dict
 from vpr_ros.core import gpu_index, ort
 from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
 from vpr_ros.core.localize_config import LocalizeNodeConfig
+from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.patchnetvlad import matching
+from vpr_ros.core.patchnetvlad.rerank import RerankConfig
 from vpr_ros.core.refmap import ReferenceMap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +108,22 @@ def test_encoder_on_cuda_runs_there_or_is_refused_at_start_with_one_line(default
     assert lines[0].startswith("error: encoder.device 'cuda' needs ONNX Runtime's CUDAExecutionProvider, but "
                                f"onnxruntime {ort.onnxruntime.__version__} here offers only "), lines[0]
     assert not (tmp_path / "map").exists()
+
+
+def test_rerank_on_cuda_runs_there_or_is_refused_at_start_with_one_line(corridor_patch_map, encoder):
+    """The re-ranking's query patch and matching graphs follow ``rerank.device``; without the CUDA provider the
+    localizer is refused when it is made, not at its first query."""
+    refmap = ReferenceMap.load(corridor_patch_map)
+    config = LocalizerConfig(rerank=RerankConfig(candidates=20, device="cuda"))
+    if ort.CUDA in ort.onnxruntime.get_available_providers():
+        localizer = Localizer(refmap, encoder, config)
+        assert localizer.reranker is not None and localizer.reranker.config.device == "cuda"
+        return
+    with pytest.raises(ort.ProviderUnavailableError) as refused:
+        Localizer(refmap, encoder, config)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("rerank.device 'cuda' needs ONNX Runtime's "
+                                                       "CUDAExecutionProvider"), message
 
 
 def test_tensorrt_cache_directory_changes_with_model_shape_and_precision(tmp_path):
@@ -265,6 +283,21 @@ def test_encoder_descriptors_cuda_match_cpu(default_model, corridor_map, corrido
     assert np.abs(f_gpu - f_cpu).max() <= FEATURE_REL_TOL * np.abs(f_cpu).max()
     g_cpu, g_gpu = global_descriptors(f_cpu, refmap.head), global_descriptors(f_gpu, refmap.head)
     assert np.sum(g_cpu * g_gpu, axis=1).min() >= GLOBAL_MIN_COSINE
+
+
+@pytest.mark.requires("gpu")
+def test_rerank_on_cuda_ranks_like_the_cpu(corridor_patch_map, encoder, corridor):
+    from vpr_ros.core.image import load_rgb
+
+    refmap = ReferenceMap.load(corridor_patch_map)
+    on = {device: Localizer(refmap, encoder, LocalizerConfig(top_k=5, rerank=RerankConfig(candidates=20,
+                                                                                        device=device)))
+          for device in ("cpu", "cuda")}
+    for path in sorted((corridor / "query").glob("*.jpg"))[::11]:
+        image = load_rgb(path)
+        cpu, gpu = on["cpu"].localize(image), on["cuda"].localize(image)
+        assert gpu.indices[0] == cpu.indices[0]
+        np.testing.assert_allclose(gpu.scores, cpu.scores, atol=0.02)
 
 
 @pytest.mark.requires("gpu")

@@ -36,7 +36,7 @@ SIMILARITY_BLOCK = 1 << 23
 INT8_ZERO_POINT = 128
 #: Package data folder (beside this module) of the ONNX graphs, one per store encoding.
 GRAPH_DIRECTORY = "graphs"
-_sessions: dict[tuple[str, int], Any] = {}
+_sessions: dict[tuple[str, int, str], Any] = {}
 _lock = threading.Lock()
 
 
@@ -63,13 +63,14 @@ def _graph(encoding: str) -> bytes:
             f"{__package__}); reinstall the package") from None
 
 
-def _session(encoding: str, threads: int) -> Any:
+def _session(encoding: str, threads: int, device: str = "cpu") -> Any:
     from vpr_ros.core import ort
 
-    key = (encoding, threads)
+    key = (encoding, threads, device)
     with _lock:
         if key not in _sessions:
-            _sessions[key] = ort.session(_graph(encoding), threads=threads)
+            _sessions[key] = ort.session(_graph(encoding), ort.providers(device, what="rerank.device"), threads,
+                                         what="rerank.device")
         return _sessions[key]
 
 
@@ -87,7 +88,7 @@ def matcher_query(query: np.ndarray, encoding: str) -> np.ndarray:
 
 
 def nearest_patches(query: np.ndarray | None, refs: np.ndarray, encoding: str, threads: int = 0,
-                    query_t: np.ndarray | None = None) -> PatchMatches:
+                    query_t: np.ndarray | None = None, device: str = "cpu") -> PatchMatches:
     """Mutual nearest neighbours (eq. 3) of one query against every candidate.
 
     Args:
@@ -97,6 +98,7 @@ def nearest_patches(query: np.ndarray | None, refs: np.ndarray, encoding: str, t
         threads: ONNX Runtime intra-op threads (0 = one per core).
         query_t: the query already in the graph's layout and type, (P, n_q) float32 or, for int8, int8 codes
             (:func:`matcher_query`, or the query patch graph's outputs): no transpose or quantisation here.
+        device: where the graph runs (``cpu``, ``cuda``, ``auto``; :func:`vpr_ros.core.ort.providers`).
 
     Returns:
         :class:`PatchMatches` with (B, n_r) nearest query indices and mutual flags.
@@ -114,7 +116,7 @@ def nearest_patches(query: np.ndarray | None, refs: np.ndarray, encoding: str, t
     expected = {"int8": np.uint8, "float16": np.float16}.get(encoding, np.float32)
     if refs.dtype != expected:
         raise ValueError(f"{encoding} patch store must hold {np.dtype(expected).name} codes, got {refs.dtype}")
-    session = _session(encoding, threads)
+    session = _session(encoding, threads, device)
     chunk = max(1, SIMILARITY_BLOCK // max(n_r * n_q, 1))
     nearest_query = np.empty((b, n_r), dtype=np.int64)
     nearest_ref = np.empty((b, n_q), dtype=np.int64)

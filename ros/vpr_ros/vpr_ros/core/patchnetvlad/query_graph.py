@@ -35,7 +35,7 @@ GRAPH_DIRECTORY = "graphs"
 INPUTS = ("features", "normalize_input", "centroids", "assign_weight", "assign_bias", "window_index", "projection",
           "projection_bias")
 OUTPUTS = ("query_t", "query_t_int8")
-_sessions: dict[int, Any] = {}
+_sessions: dict[tuple[int, str], Any] = {}
 _lock = threading.Lock()
 
 
@@ -49,13 +49,14 @@ def _graph() -> bytes:
             f"{__package__}); reinstall the package") from None
 
 
-def _session(threads: int) -> Any:
+def _session(threads: int, device: str = "cpu") -> Any:
     from vpr_ros.core import ort
 
     with _lock:
-        if threads not in _sessions:
-            _sessions[threads] = ort.session(_graph(), threads=threads)
-        return _sessions[threads]
+        if (threads, device) not in _sessions:
+            _sessions[threads, device] = ort.session(_graph(), ort.providers(device, what="rerank.device"), threads,
+                                                     what="rerank.device")
+        return _sessions[threads, device]
 
 
 def window_index(grid: PatchGrid) -> np.ndarray:
@@ -76,13 +77,16 @@ class QueryPatchGraph:
         per_size = graph.run(features)     # one (query_t (P, n_p) float32, query_t_int8 (P, n_p)) per size
     """
 
-    def __init__(self, head: VladHead, grids: Sequence[PatchGrid], dim: int = 0, threads: int = 0) -> None:
+    def __init__(self, head: VladHead, grids: Sequence[PatchGrid], dim: int = 0, threads: int = 0,
+                 device: str = "cpu") -> None:
         if head.projection is None or head.projection_bias is None:
             raise ValueError("patch descriptors need a head with a PCA / WPCA projection (vlad.pca_dim > 0)")
         p_dim = head.projection.shape[0] if dim <= 0 else min(dim, head.projection.shape[0])
         self.grids = tuple(grids)
         self.feature_hw = self.grids[0].feature_hw
         self.threads = threads
+        self.device = device
+        _session(threads, device)  # a device whose provider is missing fails here, at start, with one line
         # Everything but the features is fixed: contiguous arrays that ONNX Runtime reads in place.
         self.inputs: dict[str, np.ndarray] = {
             "normalize_input": np.array(bool(head.normalize_input)),
@@ -103,7 +107,7 @@ class QueryPatchGraph:
         if features.ndim != 4 or features.shape[0] != 1 or tuple(features.shape[2:]) != self.feature_hw:
             raise ValueError(f"expected features (1, D, {self.feature_hw[0]}, {self.feature_hw[1]}), got "
                              f"{features.shape}")
-        session = _session(self.threads)
+        session = _session(self.threads, self.device)
         feeds = dict(self.inputs, features=np.ascontiguousarray(features, dtype=np.float32))
         out = []
         for windows in self.windows:

@@ -62,6 +62,9 @@ class RerankConfig:
     strategy: str = setting("auto", "query patch projection of the numpy path (debug views; re-ranking runs the "
                             "query patch ONNX graph): direct, shared or auto (same result)", choices=STRATEGIES)
     threads: int = setting(0, "ONNX Runtime threads for patch matching (0 = one per core)", min=0)
+    device: str = setting("cpu", "where the query patch and matching graphs run: cpu, cuda (ONNX Runtime's CUDA "
+                          "provider, make gpu-venv; refused at start without it) or auto (CUDA when offered)",
+                          choices=("auto", "cpu", "cuda"))
 
 
 def stored_spec(refmap: ReferenceMap) -> PatchSpec | None:
@@ -181,7 +184,8 @@ class Reranker:
         self.centres = [g.centres() for g in spec.grids]
         self.bounds = [rapid_spatial_score_bound((g.cols - 1, g.rows - 1)) for g in spec.grids]
         # The query's patches in one ONNX Runtime call per size, already in the matcher's layout and type.
-        self.query_graph = QueryPatchGraph(refmap.head, spec.grids, spec.dim, self.config.threads)
+        self.query_graph = QueryPatchGraph(refmap.head, spec.grids, spec.dim, self.config.threads,
+                                           self.config.device)
 
     @property
     def stores(self) -> list[np.ndarray]:
@@ -219,7 +223,8 @@ class Reranker:
                 refs = np.asarray(stores[s][rows[order]])
             with step("matching"):
                 sorted_matches = nearest_patches(None if query is None else query[s], refs, self.spec.encoding,
-                                                 self.config.threads, None if query_t is None else query_t[s])
+                                                 self.config.threads, None if query_t is None else query_t[s],
+                                                 self.config.device)
             matches = PatchMatches(sorted_matches.nearest_query[inverse], sorted_matches.mutual[inverse],
                                    sorted_matches.n_query)
             with step("spatial_score"):
@@ -251,7 +256,7 @@ class Reranker:
         grid = self.spec.grids[scale]
         query = patch_descriptors(features, self.refmap.head, [grid], self.spec.dim, self.config.strategy)[0][0]
         codes = np.asarray(self.stores[scale][row:row + 1])
-        matches = nearest_patches(query, codes, self.spec.encoding, self.config.threads)
+        matches = nearest_patches(query, codes, self.spec.encoding, self.config.threads, device=self.config.device)
         ref_patches = np.flatnonzero(matches.mutual[0])
         query_patches = matches.nearest_query[0, ref_patches]
         scale_name = self.spec.array_name(grid) + "_scale"
