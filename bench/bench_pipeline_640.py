@@ -2,8 +2,9 @@
 
 Map: the whole corridor reference traversal (111 frames) built at 640x480 with the default encoder and the
 ``speed`` patch store (patch size 5, stride 1, int8; PCA capped at 110 dimensions by the 111 images), plus a
-map with the same patches at stride 2, a candidate configuration for 15 Hz. Queries: the corridor query
-traversal in order, each frame JPEG-encoded at 640x480 as a camera driver would send it, then per frame:
+map with the ``realtime`` store (the same patches at stride 2: a quarter of them), the 15 Hz configuration.
+Queries: the corridor query traversal in order, each frame JPEG-encoded at 640x480 as a camera driver would
+send it, then per frame:
 
 * ``decode``   JPEG bytes -> RGB (what the node does for a CompressedImage);
 * the localizer's stages with their steps (:mod:`vpr_ros.core.profiling`): ``encode`` (``encoder`` = network
@@ -16,7 +17,7 @@ traversal in order, each frame JPEG-encoded at 640x480 as a camera driver would 
 under ``encode/encoder`` as ``resize_and_convert``.
 
 Configurations (all with SeqSLAM over 10 frames): no re-ranking, re-ranking of the top 20 and of the top 100
-on the speed map, and the top 20 on the stride-2 map. They run interleaved, ``ROUNDS`` rounds over the same
+on the speed map, and the top 20 on the realtime map. They run interleaved, ``ROUNDS`` rounds over the same
 frames (the sequence restarts each round); a configuration's figure is the median over rounds of that
 round's per-frame p50 (p90 too), and its breakdown the median over rounds of each step's per-frame median.
 Recall@1 (ground truth +-2 frames, VPR-Bench) of the sequence answer and of the single-frame answer is given
@@ -48,7 +49,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "no_rerank": ("speed", {"method": "none"}),
     "rerank_top20": ("speed", {"candidates": 20}),
     "rerank_top100": ("speed", {"candidates": 100}),
-    "rerank_top20_stride2": ("speed_stride2", {"candidates": 20}),
+    "rerank_top20_realtime": ("realtime", {"candidates": 20}),
 }
 
 
@@ -61,7 +62,7 @@ def build_maps(folder: Path) -> dict[str, Path]:
     encoder = OnnxEncoder(EncoderConfig())
     corridor = REPO / "data" / "corridor"
     stores = {"speed": PatchStoreConfig(preset="speed"),
-              "speed_stride2": PatchStoreConfig(preset="speed", sizes=(5,), strides=(2,))}
+              "realtime": PatchStoreConfig(preset="realtime")}
     maps = {}
     for name, patches in stores.items():
         maps[name] = folder / name
