@@ -196,8 +196,11 @@ class Localizer:
         self.encoder = encoder
         self.height, self.width = (int(v) for v in refmap.input_size)
         head = refmap.head
-        # The VLAD head in ONNX Runtime's thread pool (see VladHeadGraph); numpy for heads without a projection.
-        self._head_graph = VladHeadGraph(head) if head is not None and head.projection is not None else None
+        # The VLAD head in ONNX Runtime's thread pool (see VladHeadGraph), on the encoder's device; numpy for heads
+        # without a projection.
+        head_device = "cuda" if getattr(encoder, "on_gpu", False) else "cpu"
+        self._head_graph = (VladHeadGraph(head, device=head_device) if head is not None and head.projection is not None
+                            else None)
         self._stages = PipelineStages(config, self._build_reranker(config.rerank),
                                       self._build_sequence(config.sequence, config.top_k))
 

@@ -186,7 +186,7 @@ class VladHeadGraph:
     head shares the pool with the other graphs, and on a GPU it is a provider switch.
     """
 
-    def __init__(self, head: VladHead, threads: int = 0) -> None:
+    def __init__(self, head: VladHead, threads: int = 0, device: str = "cpu") -> None:
         import importlib.resources
 
         from vpr_ros.core import ort
@@ -194,7 +194,8 @@ class VladHeadGraph:
         if head.projection is None or head.projection_bias is None:
             raise ValueError("the VLAD head graph needs a head with a projection")
         resource = importlib.resources.files("vpr_ros.core.patchnetvlad").joinpath("graphs", HEAD_GRAPH_FILE_NAME)
-        self.session = ort.session(resource.read_bytes(), threads=threads)
+        self.session = ort.session(resource.read_bytes(), ort.providers(device, what="encoder.device"), threads,
+                                   what="encoder.device")
         self.inputs = {"normalize_input": np.array(bool(head.normalize_input)),
                        "centroids": np.ascontiguousarray(head.centroids, np.float32),
                        "assign_weight": np.ascontiguousarray(head.assign_weight, np.float32),
