@@ -142,7 +142,9 @@ def test_frame_markers_ids_unique_and_serialisable(hypotheses: list[Hypothesis],
     assert {m.header.frame_id for m in array.markers} == {"map"}
     wire = serialize_message(array)
     back = deserialize_message(wire, MarkerArray)
-    assert summary(back) == summary(array) and serialize_message(back) == wire
+    # Messages compare field by field; their CDR bytes may not: the alignment padding after a string is not
+    # zeroed by the serializer, so two serializations of one message can differ in those bytes.
+    assert summary(back) == summary(array) and back == array
     reset = delete_all_markers("map")
     assert [(m.action, m.ns) for m in reset.markers] == [(Marker.DELETEALL, "")]
     assert summary(deserialize_message(serialize_message(reset), MarkerArray)) == summary(reset)
@@ -165,7 +167,7 @@ def test_markers_cross_a_real_graph(graph, hypotheses: list[Hypothesis], localiz
         publisher.publish(array)
         if arrived.wait(0.1):
             break
-    assert got and serialize_message(got[0]) == serialize_message(array)
+    assert got and got[0] == array  # field by field (CDR padding bytes are not zeroed: see above)
     assert summary(got[0]) == summary(array)
 
 
