@@ -102,8 +102,8 @@ TRAIN_POINTS_PER_LIST = 40
 TRAIN_ITERATIONS = 10
 DEFAULT_NPROBE = 16
 #: Index files smaller than this are read into RAM at load, larger ones memory-mapped (:func:`read_index`). A query
-#: scans the codes of the lists it visits, and scanning memory-mapped pages measured 1.6x slower than RAM
-#: (1M frames, IVF4096,SQ8, nprobe 512: p50 10.6 vs 6.6 ms; 4 KiB page-table entries for a file mapping against
+#: scans the codes of the lists it visits, and scanning memory-mapped pages is slower than RAM (bench map_scale,
+#: 1M frames, IVF4096,SQ8, nprobe 512: p50 11.2 vs 6.8 ms; 4 KiB page-table entries for a file mapping against
 #: the huge pages anonymous memory gets), so a compressed index of up to half a gigabyte -- auto's at a million
 #: 256-d frames is 268 MB -- is worth its RAM; beyond that, bounded memory wins (exact or HNSW indexes of a
 #: million frames are gigabytes).
