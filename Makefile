@@ -16,7 +16,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vpr_ros-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/training.txt requirements/reference.txt \
-	requirements/ros_build.txt requirements/ros_launch.txt
+	requirements/ros_build.txt requirements/ros_launch.txt requirements/ray.txt
 DEFAULT_MODEL := ros/vpr_ros/models/efficientnet_lite0_b10.onnx
 
 # Network rule: every process that starts rclpy stays on loopback, in a domain of its own per session.

@@ -42,13 +42,13 @@ def test_lifecycle_transitions(start_localize, corridor_map, corridor, tmp_path)
     assert node.localizer is None and client.image_pub.get_subscription_count() == 0
 
     # configure on a damaged map: FAILURE, still unconfigured, the reason on /diagnostics (ERROR).
-    frames = map_copy / "frames.csv"
+    frames = map_copy / "frames.npz"
     intact = frames.read_bytes()
     frames.write_bytes(intact.replace(b"0", b"1", 1))
     assert not change_lifecycle_state(client, NODE, "configure")
     assert get_lifecycle_state(client, NODE) == "unconfigured"
     d = diagnostic_when(client, level="2")
-    assert "no map loaded" in d["message"] and "frames.csv: sha256 mismatch" in d["message"], d
+    assert "no map loaded" in d["message"] and "frames.npz: sha256 mismatch" in d["message"], d
     assert d["lifecycle_state"] == "unconfigured" and d["map_loads"] == "0"
 
     # configure on the repaired map: inactive, map loaded once; images are not answered.

@@ -151,7 +151,7 @@ def test_map_without_manifest_hash_still_opens_but_is_validated(map_dir: Path):
     (lambda m: m.update(input_size=[480]), r"input_size: expected 2 values \(height, width\)"),
     (lambda m: m.update(input_size=["480", 640]), r"input_size\[0\]: expected an integer"),
     (lambda m: m.update(frame_count=0), r"frame_count: 0 is below the minimum 1"),
-    (lambda m: m.update(frame_count=21), r"frame_count: 21 but frames\.csv holds 20 frames"),
+    (lambda m: m.update(frame_count=21), r"frame_count: 21 but frames\.npz holds 20 frames"),
     (lambda m: m["descriptor"].update(dim=9), r"descriptor\.dim"),
     (lambda m: m["descriptor"].update(dtype="float64"), r"descriptor\.dtype: 'float64' is not one of"),
     (lambda m: m["index"].update(nprobe=0), r"index\.nprobe: 0 is below the minimum 1"),

@@ -33,7 +33,7 @@ SMALL = ("--set", "image_height=120", "--set", "image_width=160", "--set", "chun
 
 # Every step of ReferenceMap.save of a map with a head and an extra array (files in the order written).
 SAVE_STEPS = [*(f"save:wrote:{name}" for name in
-                ("frames.csv", "descriptors.npy", "global.faiss", "head.npz", "arrays/patches.npy", "manifest.yaml")),
+                ("frames.npz", "descriptors.npy", "global.faiss", "head.npz", "arrays/patches.npy", "manifest.yaml")),
               "save:after-fsync", "swap:after-aside", "swap:after-in-place", "swap:after-old-disowned",
               "swap:after-old-removed"]
 # build_map --append: the same steps (its map has no extra arrays), then the removal of its work directory.

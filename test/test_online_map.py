@@ -1,7 +1,7 @@
 """The online keyframe map on the real corridor images: saved map == build_map (and == build_map + append_to_map),
 exclusion window, keyframe spacing, limit, chunked growth, local features without pickle, the Localizer on it.
 
-Tolerances of the map comparisons: frames.csv and head.npz byte for byte; global descriptors within 1e-5 (build_map
+Tolerances of the map comparisons: frames.npz and head.npz byte for byte; global descriptors within 1e-5 (build_map
 encodes batches of 8, the online map one frame at a time, and ONNX Runtime's convolutions round differently per
 batch size); int8 patch codes within 1 code step, their per-frame scales within 1e-4 relative; the FAISS index by
 its search results (same top-5 rows for every map frame as query).
@@ -46,7 +46,7 @@ def assert_same_map(online_path: Path, built_path: Path) -> None:
     """The two maps on disk hold the same data, file by file (tolerances in the module doc)."""
     online, built = ReferenceMap.load(online_path), ReferenceMap.load(built_path)
     assert sorted(p.name for p in online_path.rglob("*")) == sorted(p.name for p in built_path.rglob("*"))
-    assert (online_path / "frames.csv").read_bytes() == (built_path / "frames.csv").read_bytes()
+    assert (online_path / "frames.npz").read_bytes() == (built_path / "frames.npz").read_bytes()
     if (built_path / "head.npz").exists():
         with np.load(online_path / "head.npz") as a, np.load(built_path / "head.npz") as b:
             assert sorted(a.files) == sorted(b.files)

@@ -70,7 +70,7 @@ def test_failed_save_leaves_no_partial_map(tmp_path: Path, monkeypatch: pytest.M
     assert len(ReferenceMap.load(tmp_path / "map")) == 20, "the previous map must survive a failed overwrite"
 
 
-@pytest.mark.parametrize("victim", ["descriptors.npy", "frames.csv", "global.faiss", "head.npz",
+@pytest.mark.parametrize("victim", ["descriptors.npy", "frames.npz", "global.faiss", "head.npz",
                                     "arrays/patches.npy"])
 def test_flipped_byte_is_detected_and_file_named(tmp_path: Path, victim: str):
     small_map().save(tmp_path / "map")

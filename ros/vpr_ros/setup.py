@@ -21,6 +21,8 @@ setup(
         ("share/" + package_name + "/models", glob("models/*.yaml") + glob("models/*.onnx") + glob("models/LICENSE.*")),
     ],
     install_requires=["setuptools"],
+    # build_map --executor ray (vpr_ros/core/ray_executor.py); the same pin as requirements/ray.txt.
+    extras_require={"ray": ["ray==2.60.0"]},
     zip_safe=True,
     maintainer="vpr_ros maintainers",
     maintainer_email="vpr_ros@example.org",

@@ -20,6 +20,7 @@ from vpr_ros.cli.common import (
 )
 from vpr_ros.core.frames import FrameSource
 from vpr_ros.core.map_builder import BuildMapConfig, append_to_map, build_map, check_output_apart_from_inputs
+from vpr_ros.core.ray_executor import executor_from_spec
 from vpr_ros.core.refmap import check_overwritable, map_lock, recover_interrupted_swap
 from vpr_ros.io.geodesy import GeodeticOrigin
 from vpr_ros.io.images import folder_source
@@ -54,6 +55,21 @@ examples:
   # map are skipped, so running it twice adds nothing)
   build_map --bag run2 --image-topic /camera/image_raw/compressed --pose-topic /odom --output maps/run1 --append
 
+  # the same, and train the map's IVF index afresh over all its frames (else new frames join the trained index)
+  build_map --bag run3 --image-topic /camera/image_raw/compressed --pose-topic /odom --output maps/run1 \
+      --append --retrain
+
+  # join maps recorded apart with the same encoder and vocabulary (e.g. copies of one map grown with --append
+  # on two robots) into a new map; incompatible maps are refused naming the maps and what differs
+  build_map --merge maps/robot1 maps/robot2 --output maps/campus
+
+  # encode on Ray (optional: pip install -r requirements/ray.txt): a local cluster of 2 workers on 127.0.0.1,
+  # 1 ONNX Runtime thread each; the map equals the single-process build with encoder.threads=1
+  build_map --images data/corridor/ref --poses data/corridor/ref_poses.csv -o maps/corridor \
+      --executor ray --workers 2 --set encoder.threads=1
+  # ... or on a running cluster through its Ray Client server (GPU workers where it has GPUs)
+  build_map --images /shared/city/rgb --poses /shared/city/poses.csv -o maps/city --executor ray://head:10001
+
   # through ROS 2: ros2 run vpr_ros build_map --images ... --output ...
 
 An interrupted build (or append) continues where it stopped when the same command is run again; the map
@@ -84,6 +100,23 @@ def make_parser() -> argparse.ArgumentParser:
                         help="replace an existing map (only a vpr_ros map: anything else at --output is refused)")
     parser.add_argument("--append", action="store_true",
                         help="add the frames to the map at --output (built first if it does not exist yet)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="with --append or --merge: build the index afresh over all frames (index.factory auto "
+                             "chooses again for the new size); without it, new frames are added to the map's "
+                             "trained index")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="MAP",
+                        help="join these maps (same encoder, vocabulary, input size) into the new map at --output "
+                             "instead of encoding images; the first map's frames keep their ids")
+    run = parser.add_argument_group("executor (where the frames are encoded)")
+    run.add_argument("--executor", default="local", metavar="{local,ray,ray://HOST:PORT,ray:ADDRESS}",
+                     help="local: this process. ray: Ray actors on a local cluster started for the run (127.0.0.1 "
+                     "only); ray://HOST:PORT: a running Ray cluster through its Ray Client server; ray:ADDRESS: a "
+                     "running cluster this machine is a node of (ray:auto). The vocabulary / PCA fit runs here; "
+                     "workers get chunks of chunk_size frames, one ONNX Runtime session each (a GPU each where the "
+                     "cluster has GPUs); the map equals the local build with the same settings. Needs the "
+                     "optional package ray (requirements/ray.txt)")
+    run.add_argument("--workers", type=int, default=0, metavar="N",
+                     help="Ray workers (0 = one per GPU, else one per encoder.threads CPUs of the cluster)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars, warnings only")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     add_config_arguments(parser, BuildMapConfig, "config/build_map.yaml")
@@ -98,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print_settings(BuildMapConfig)
         return 0
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(parser, args, argv)
+    if args.retrain and not args.append:
+        parser.error("--retrain goes with --append or --merge (a new build trains its index anyway)")
     if (args.images is None) == (args.bag is None):
         parser.error("give the reference frames as --images FOLDER or as --bag PATH --image-topic TOPIC")
     check_bag_arguments(parser, args)
@@ -108,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     check_output_directory(args.output, "--output")
     setup_logging(args.verbose, args.quiet)
     config = config_from_args(args, node_name="build_map")
+    executor = executor_from_spec(args.executor, args.workers)  # without ray: one line and exit 2, before any work
     with map_lock(args.output):  # the whole build or append, so that two of them cannot race
         recover_interrupted_swap(args.output)  # else a map left aside by a killed write looks absent
         if args.overwrite and args.output.exists():
@@ -122,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if appending:
                 refmap, added = append_to_map(source, args.output, config, progress=not args.quiet,
-                                              provenance=provenance)
+                                              provenance=provenance, retrain=args.retrain, executor=executor)
                 action = f"{added} frames appended" if added else "nothing appended (all frames already in the map)"
             else:
                 refmap = build_map(source, args.output, config, overwrite=args.overwrite, progress=not args.quiet,
-                                   sections={"geodetic_origin": origin} if origin else None, provenance=provenance)
+                                   sections={"geodetic_origin": origin} if origin else None, provenance=provenance,
+                                   executor=executor)
                 action = "built"
         finally:
             close = getattr(source, "close", None)
@@ -137,6 +176,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"map {args.output}: {len(refmap)} frames, {refmap.dim}-d descriptors, encoder {refmap.encoder['id']}, "
           f"input {refmap.input_size[1]}x{refmap.input_size[0]}, {size / 1e6:.2f} MB "
           f"({size / len(refmap) / 1e3:.1f} kB/frame), {action} in {elapsed:.1f} s")
+    return 0
+
+
+def merge(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
+    """``--merge A B ... --output C``: see :mod:`vpr_ros.core.map_merge`."""
+    from vpr_ros.core.map_merge import merge_maps
+
+    if args.images is not None or args.bag is not None or args.append or args.executor != "local" or args.workers:
+        parser.error("--merge joins existing maps without encoding images: it takes no --images, --bag, --append, "
+                     "--executor or --workers")
+    check_output_directory(args.output, "--output")
+    setup_logging(args.verbose, args.quiet)
+    t0 = time.perf_counter()
+    refmap = merge_maps(args.merge, args.output, overwrite=args.overwrite, retrain=args.retrain,
+                        provenance={"command": " ".join(["build_map", *argv])})
+    spec = refmap.index_spec
+    print(f"map {args.output}: {len(refmap)} frames merged from {len(args.merge)} maps, index "
+          f"{spec.factory if spec else '?'}, in {time.perf_counter() - t0:.1f} s")
     return 0
 
 

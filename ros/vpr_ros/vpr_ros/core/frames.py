@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ import numpy as np
 from vpr_ros.errors import MapError
 
 FRAME_COLUMNS = ("id", "name", "source", "stamp", "x", "y", "z", "qx", "qy", "qz", "qw")
+#: Members of a ``frames.npz`` (:meth:`FrameTable.to_columns`).
+FRAME_NPZ_COLUMNS = ("ids", "stamps", "positions", "orientations", "names", "sources")
 
 
 @dataclass
@@ -74,8 +77,47 @@ class FrameTable:
                              *(repr(float(v)) for v in self.orientations[i])])
         return buf.getvalue()
 
+    # ---- binary column table (maps of format version 2) -----------------------------------------------------
+    def to_columns(self) -> bytes:
+        """The table as a ``frames.npz`` (uncompressed, byte-for-byte reproducible): numeric columns as arrays, names
+        and sources as UTF-8 joined by NUL (which no file name or bag source holds). A million frames read back in
+        well under a second (:meth:`from_columns`), where parsing the same text table takes tens."""
+        for what, strings in (("name", self.names), ("source", self.sources)):
+            if any("\0" in s for s in strings):
+                raise ValueError(f"a frame {what} holds a NUL character")
+        columns = {"ids": self.ids, "stamps": self.stamps, "positions": self.positions,
+                   "orientations": self.orientations,
+                   "names": np.frombuffer("\0".join(self.names).encode("utf-8"), dtype=np.uint8),
+                   "sources": np.frombuffer("\0".join(self.sources).encode("utf-8"), dtype=np.uint8)}
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+            for name, column in columns.items():
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(column), allow_pickle=False)
+                archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), member.getvalue())
+        return buf.getvalue()
+
+    @classmethod
+    def from_columns(cls, data: bytes, where: str) -> FrameTable:
+        """The table :meth:`to_columns` wrote; MapError naming ``where`` when a column is missing or inconsistent."""
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                columns = {name: npz[name] for name in FRAME_NPZ_COLUMNS}
+            n = len(columns["ids"])
+            names = bytes(columns["names"]).decode("utf-8").split("\0") if n else []
+            sources = bytes(columns["sources"]).decode("utf-8").split("\0") if n else []
+            return cls(columns["ids"], names, sources, columns["stamps"], columns["positions"],
+                       columns["orientations"])
+        except (KeyError, ValueError, OSError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            raise MapError(f"{where}: not a frame table ({type(exc).__name__}: {exc})") from None
+
     @classmethod
     def from_csv(cls, text: str, where: str) -> FrameTable:
+        """The text table of maps of format version 1 (:meth:`to_csv`)."""
+        return cls._from_quoted_csv(text, where)
+
+    @classmethod
+    def _from_quoted_csv(cls, text: str, where: str) -> FrameTable:
         rows = list(csv.reader(io.StringIO(text)))
         if not rows or tuple(rows[0]) != FRAME_COLUMNS:
             raise MapError(f"{where}: expected header {','.join(FRAME_COLUMNS)}")

@@ -14,8 +14,8 @@ the stream breaks (another camera, a jump of the robot). :meth:`Localizer.locali
 image from retrieval and re-ranking alone and leaves that state alone (one-shot relocalization).
 
 :meth:`Localizer.reconfigure` changes the settings that do not depend on the loaded map and encoder (top_k,
-re-ranking, sequence, confidence radius) without loading anything again; a frame in flight finishes with the
-settings it started with.
+index search parameters, re-ranking, sequence, confidence radius) without loading anything again; a frame in
+flight finishes with the settings it started with.
 
 The map may be an :class:`~vpr_ros.core.online_map.OnlineMap` that grows while the localizer runs: retrieval of a
 stamped frame (:meth:`Localizer.localize`) then never returns keyframes within the map's exclusion window of
@@ -35,6 +35,7 @@ import numpy as np
 
 from vpr_ros.config import section, setting
 from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
+from vpr_ros.core.map_index import SearchConfig
 from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.patchnetvlad.rerank import PatchCorrespondences, RerankConfig, Reranker, resolve_method
 from vpr_ros.core.refmap import ReferenceMap
@@ -51,6 +52,7 @@ class LocalizerConfig:
         5.0, "candidates within this distance (map units, normally metres) of the best one count as the "
         "same place when the confidence ratio test looks for the best competing place", min=0.0)
     encoder: EncoderConfig = section(EncoderConfig)
+    search: SearchConfig = section(SearchConfig)
     rerank: RerankConfig = section(RerankConfig)
     sequence: SequenceConfig = section(SequenceConfig)
 
@@ -265,6 +267,8 @@ class Localizer:
         k = k or self.retrieval_k
         if stamp is not None and isinstance(self.refmap, OnlineMap):
             sims, idx = self.refmap.search(query.global_descriptor[None], k, stamp=stamp)
+        elif isinstance(self.refmap, ReferenceMap):
+            sims, idx = self.refmap.search(query.global_descriptor[None], k, self._stages.config.search)
         else:
             sims, idx = self.refmap.search(query.global_descriptor[None], k)
         keep = idx[0] >= 0  # FAISS pads with -1 when fewer than k results exist

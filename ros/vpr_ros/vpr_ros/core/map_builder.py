@@ -5,7 +5,8 @@ Two passes over the images:
 1. *fit*: encode a sample of up to ``vlad.fit_images`` frames, fit the VLAD vocabulary (k-means) on
    their local features, then the PCA-whitening on their VLADs;
 2. *encode*: encode every frame, aggregate and project its global descriptor, in chunks; with a patch
-   store (``patches.preset``, :mod:`vpr_ros.core.patchnetvlad.store`) also its Patch-NetVLAD patch descriptors.
+   store (``patches.preset``, :mod:`vpr_ros.core.patchnetvlad.store`) also its Patch-NetVLAD patch descriptors;
+   here, or chunk by chunk on Ray actors (``executor``, :mod:`vpr_ros.core.ray_executor`) with the same result.
 
 Progress lives in a work directory beside the output (``.<name>.partial``): the fitted head and every
 finished chunk. An interrupted build started again with the same inputs and settings continues where it
@@ -21,10 +22,10 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import yaml
@@ -196,40 +197,92 @@ def _discard_stale_append_work(work: Path, base: str) -> None:
         shutil.rmtree(work)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Frames ``start`` .. ``stop - 1`` of a build, saved as ``chunk_<index>.npz`` in its work directory."""
+
+    index: int
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def file(self, work: Path) -> Path:
+        return work / f"chunk_{self.index:06d}.npz"
+
+
+def encode_chunk(load_image: Callable[[int], np.ndarray], count: int, encoder: Encoder, head: VladHead | None,
+                 size: tuple[int, int], extractors: Sequence[FrameExtractor] = (),
+                 on_batch: Callable[[int], object] | None = None) -> dict[str, np.ndarray]:
+    """Global descriptors (and extractor outputs) of the ``count`` images ``load_image(0 .. count - 1)``.
+
+    Batches of ``encoder.config.batch_size`` start at the chunk's first frame, so a chunk gives the same batches
+    -- and with the same ONNX Runtime threads bitwise the same descriptors -- wherever it is encoded: in this
+    process or on a Ray worker (:mod:`vpr_ros.core.ray_executor`). ``on_batch(frames)`` after each batch.
+
+    Shape:
+        returns ``descriptors`` (count, P) float32 plus one (count, ...) array per extractor output.
+    """
+    outputs: dict[str, list[np.ndarray]] = {"descriptors": []}
+    bs = encoder.config.batch_size
+    for b0 in range(0, count, bs):
+        b1 = min(b0 + bs, count)
+        feats = encoder.features([load_image(i) for i in range(b0, b1)], *size)
+        outputs["descriptors"].append(global_descriptors(feats, head))
+        for extract in extractors:
+            for name, arr in extract(feats, head).items():
+                outputs.setdefault(name, []).append(arr)
+        if on_batch is not None:
+            on_batch(b1 - b0)
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+class ChunkExecutor(Protocol):
+    """Encodes chunks somewhere else than in this process (e.g. :class:`vpr_ros.core.ray_executor.RayExecutor`).
+
+    ``encode_chunks`` yields ``(chunk, outputs)`` as chunks finish, in any order, each ``outputs`` equal to what
+    :func:`encode_chunk` gives for it here; the caller saves each chunk as it arrives.
+    """
+
+    def encode_chunks(self, source: FrameSource, chunks: Sequence[Chunk], encoder: Encoder, head: VladHead | None,
+                      size: tuple[int, int], extractors: Sequence[FrameExtractor]
+                      ) -> Iterator[tuple[Chunk, dict[str, np.ndarray]]]: ...
+
+
 def encode_in_chunks(source: FrameSource, encoder: Encoder, head: VladHead | None, size: tuple[int, int],
                      work: Path, chunk_size: int, extractors: Sequence[FrameExtractor] = (),
-                     progress: bool = True) -> dict[str, np.ndarray]:
+                     progress: bool = True, executor: ChunkExecutor | None = None) -> dict[str, np.ndarray]:
     """Pass 2: global descriptors (and extractor outputs) of every frame, each finished chunk saved in ``work``.
 
-    Chunks already in ``work`` are loaded instead of encoded, which is what makes builds resumable.
+    Chunks already in ``work`` are loaded instead of encoded, which is what makes builds resumable. With an
+    ``executor`` the missing chunks are encoded by it (e.g. on Ray workers) and saved here, by this process, as
+    each arrives; the chunks, their batches and the files are the same as without one, so a build may be resumed
+    with or without an executor.
 
     Shape:
         returns ``descriptors`` (N, P) float32 plus one (N, ...) array per extractor output.
     """
     n = len(source)
-    starts = list(range(0, n, chunk_size))
-    done = sum((work / f"chunk_{s // chunk_size:06d}.npz").exists() for s in starts)
-    bar = tqdm(total=n, initial=min(done * chunk_size, n), desc="encode frames", unit="img", disable=not progress)
-    bs = encoder.config.batch_size
-    for start in starts:
-        path = work / f"chunk_{start // chunk_size:06d}.npz"
-        if path.exists():
-            continue
-        outputs: dict[str, list[np.ndarray]] = {"descriptors": []}
-        for b0 in range(start, min(start + chunk_size, n), bs):
-            b1 = min(b0 + bs, start + chunk_size, n)
-            feats = encoder.features([source.load_image(i) for i in range(b0, b1)], *size)
-            outputs["descriptors"].append(global_descriptors(feats, head))
-            for extract in extractors:
-                for name, arr in extract(feats, head).items():
-                    outputs.setdefault(name, []).append(arr)
-            bar.update(b1 - b0)
-        atomic_savez(path, {k: np.concatenate(v) for k, v in outputs.items()})
+    chunks = [Chunk(i, start, min(start + chunk_size, n)) for i, start in enumerate(range(0, n, chunk_size))]
+    missing = [c for c in chunks if not c.file(work).exists()]
+    bar = tqdm(total=n, initial=n - sum(len(c) for c in missing), desc="encode frames", unit="img",
+               disable=not progress)
+    finished: Iterator[tuple[Chunk, dict[str, np.ndarray]]]
+    if executor is None:
+        finished = ((c, encode_chunk(lambda i, c=c: source.load_image(c.start + i), len(c), encoder, head, size,
+                                     extractors, bar.update)) for c in missing)
+    else:
+        finished = executor.encode_chunks(source, missing, encoder, head, size, extractors)
+    for chunk, outputs in finished:
+        atomic_savez(chunk.file(work), outputs)
+        if executor is not None:
+            bar.update(len(chunk))
     bar.close()
 
     parts: dict[str, list[np.ndarray]] = {}
-    for start in starts:
-        with np.load(work / f"chunk_{start // chunk_size:06d}.npz") as npz:
+    for chunk in chunks:
+        with np.load(chunk.file(work)) as npz:
             for k in npz.files:
                 parts.setdefault(k, []).append(npz[k])
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -238,7 +291,7 @@ def encode_in_chunks(source: FrameSource, encoder: Encoder, head: VladHead | Non
 def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | None = None,
               extractors: Sequence[FrameExtractor] = (), sections: dict[str, Any] | None = None,
               overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
-              provenance: dict[str, Any] | None = None) -> ReferenceMap:
+              provenance: dict[str, Any] | None = None, executor: ChunkExecutor | None = None) -> ReferenceMap:
     """Encode every frame of ``source`` and write a map to ``output`` (atomically). Resumes if interrupted.
 
     Args:
@@ -251,6 +304,8 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
         progress: show progress bars.
         encoder: an already loaded encoder (else one is made from ``config.encoder``).
         provenance: free-form record of how the map was made (command line, inputs).
+        executor: encodes the chunks elsewhere (e.g. on Ray workers, :mod:`vpr_ros.core.ray_executor`); the
+            vocabulary / PCA fit still runs here, once.
     """
     config = config or BuildMapConfig()
     output = Path(output)
@@ -298,7 +353,8 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
                 extractors.append(patch_extractor(spec, config.patches.strategy))
                 sections[PATCH_SECTION] = spec.section()
 
-        merged = encode_in_chunks(source, encoder, head, size, work, config.chunk_size, extractors, progress)
+        merged = encode_in_chunks(source, encoder, head, size, work, config.chunk_size, extractors, progress,
+                                  executor)
         descriptors = merged.pop("descriptors")
         refmap = ReferenceMap(frames=source.frames, descriptors=descriptors, head=head,
                               encoder=encoder.describe(), input_size=size, index_config=config.index,
@@ -312,8 +368,13 @@ def build_map(source: FrameSource, output: str | Path, config: BuildMapConfig | 
 
 def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapConfig | None = None,
                   extractors: Sequence[FrameExtractor] = (), progress: bool = True, encoder: Encoder | None = None,
-                  provenance: dict[str, Any] | None = None) -> tuple[ReferenceMap, int]:
+                  provenance: dict[str, Any] | None = None, retrain: bool = False,
+                  executor: ChunkExecutor | None = None) -> tuple[ReferenceMap, int]:
     """Add the frames of ``source`` to an existing map (incremental growth), atomically and resumably.
+
+    The new descriptors are added to the map's index as it is (a trained IVF index is not trained again; the
+    manifest keeps when and on how many frames it was trained); ``retrain`` builds the index afresh over all
+    frames (``auto`` choosing again for the new size), also when no frame is new.
 
     The map's own encoder, input size and fitted head are used (its vocabulary and PCA are not refitted, so
     old and new descriptors stay comparable). Frames whose ``source`` is already in the map are skipped, which
@@ -326,6 +387,8 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
         config: only ``chunk_size`` and ``encoder`` (device, threads, batch size) are used; the rest is the map's.
         extractors: the same extra per-frame outputs the map was built with (their arrays grow too); a
             Patch-NetVLAD patch store is grown from its manifest section without being given.
+        retrain: build the index afresh over all frames instead of adding the new ones to the trained index.
+        executor: encodes the new frames' chunks elsewhere (see :func:`build_map`).
 
     Returns:
         the grown map and the number of frames added.
@@ -345,7 +408,11 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
             log.info("%d of %d frames are already in %s and are skipped", int((~fresh).sum()), len(source),
                      map_path)
         if not fresh.any():
-            return refmap, 0
+            if not retrain:
+                return refmap, 0
+            refmap.retrain_index()
+            refmap.save(map_path, overwrite=True)
+            return ReferenceMap.load(map_path), 0
         rows = np.flatnonzero(fresh)
         start_id = int(refmap.frames.ids.max()) + 1 if len(refmap) else 0
         subset = source.take(rows, ids=start_id + np.arange(len(rows)))
@@ -362,12 +429,12 @@ def append_to_map(source: FrameSource, map_path: str | Path, config: BuildMapCon
         fingerprint = _fingerprint(config, encoder, frames, {"append_to": base, "size": size})
         _open_work_dir(work, fingerprint, len(frames), append_to=base)
         merged = encode_in_chunks(subset, encoder, refmap.head, size, work, config.chunk_size, extractors,
-                                  progress)
+                                  progress, executor)
         descriptors = merged.pop("descriptors")
         if set(merged) != set(refmap.arrays):
             raise InputError(f"the extractors produce arrays {sorted(merged)} but {map_path} stores "
                              f"{sorted(refmap.arrays)}")
-        refmap.append(frames, descriptors, merged)
+        refmap.append(frames, descriptors, merged, retrain=retrain)
         refmap.provenance.setdefault("appended", []).append(
             {"frames": len(frames), "first_id": start_id, **(provenance or {})})
         refmap.save(map_path, overwrite=True)

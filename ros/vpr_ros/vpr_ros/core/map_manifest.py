@@ -42,8 +42,10 @@ from vpr_ros.errors import ConfigError, MapError
 
 HASH_KEY = "manifest_sha256"
 #: Files a map may hold at its top level; everything else lives in ``arrays/``.
-TOP_LEVEL_FILES = ("frames.csv", "descriptors.npy", "global.faiss", "head.npz")
-REQUIRED_FILES = ("frames.csv", "descriptors.npy", "global.faiss")
+TOP_LEVEL_FILES = ("frames.npz", "frames.csv", "descriptors.npy", "global.faiss", "head.npz")
+REQUIRED_FILES = ("descriptors.npy", "global.faiss")
+#: The frame table by format version: a binary column table from version 2 on, text before.
+FRAME_TABLE_FILE = {1: "frames.csv", 2: "frames.npz"}
 ARRAYS_DIR = "arrays"
 #: A plain array name: no dots (so neither ``..`` nor hidden files), no separators.
 ARRAY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
@@ -69,7 +71,7 @@ class Summary:
 
     created: str = _field("UTC time the map was written (ISO 8601)")
     created_by: str = _field("vpr_ros version that wrote the map")
-    frame_count: int = _field("number of frames (rows of frames.csv)", min=1, max=1 << 31)
+    frame_count: int = _field("number of frames (rows of the frame table)", min=1, max=1 << 31)
     frame_id: str = _field("coordinate frame of the poses")
     # 8 px: the smallest thumbnail side in use is 16; 8192 px: beyond any camera the encoders are run at, and a
     # corrupt larger value would spend minutes per frame.
@@ -103,6 +105,16 @@ class IndexEntry:
 
     factory: str = _field("FAISS index_factory string")
     nprobe: int = _field("IVF lists visited per query", min=1, max=MAX_FACTORY_NUMBER)
+    # Format version 2 (absent from version 1 maps: the defaults).
+    ef_search: int = dataclasses.field(default=0, metadata={"help": "HNSW efSearch (0 = FAISS's)", "min": 0,
+                                                            "max": MAX_FACTORY_NUMBER})
+    refine: int = dataclasses.field(default=1, metadata={"help": "exact re-scoring factor (1 = off)", "min": 1,
+                                                         "max": 1024})
+    requested: str = dataclasses.field(default="", metadata={"help": "index.factory the map was built with"})
+    reason: str = dataclasses.field(default="", metadata={"help": "why auto chose the index"})
+    trained_on: int = dataclasses.field(default=0, metadata={"help": "frames the index was trained on (0 = needs "
+                                                             "no training)", "min": 0, "max": 1 << 40})
+    trained_at: str = dataclasses.field(default="", metadata={"help": "UTC time of the training (ISO 8601)"})
 
 
 @dataclass(frozen=True)
@@ -299,9 +311,14 @@ def validate_manifest(raw: Any, where: str) -> MapManifest:
     files = {check_file_name(rel, where): _record(FileEntry, meta, where, f"files.{rel}")
              for rel, meta in raw["files"].items()}
 
-    for rel in REQUIRED_FILES:
+    frame_table = FRAME_TABLE_FILE.get(raw.get("format_version"), FRAME_TABLE_FILE[2])
+    for rel in (frame_table, *REQUIRED_FILES):
         if rel not in files:
             raise MapError(f"{where}: lists no {rel}")
+    other_table = next(f for f in FRAME_TABLE_FILE.values() if f != frame_table)
+    if other_table in files:
+        raise MapError(f"{where}: lists {other_table}, which maps of format version {raw.get('format_version')} do "
+                       f"not have (their frame table is {frame_table})")
     if head.type == "vlad" and "head.npz" not in files:
         raise MapError(f"{where}: head.type: vlad but the files list no head.npz")
     if head.type == "none" and "head.npz" in files:
@@ -321,8 +338,8 @@ def check_map_data(manifest: MapManifest, frame_count: int, descriptors: np.ndar
                    index: Any, where: str) -> None:
     """Compare what the manifest says with the data read from the map; MapError naming the field."""
     if manifest.summary.frame_count != frame_count:
-        raise MapError(f"{where}: frame_count: {manifest.summary.frame_count} but frames.csv holds {frame_count} "
-                       "frames")
+        table = "frames.npz" if "frames.npz" in manifest.files else "frames.csv"
+        raise MapError(f"{where}: frame_count: {manifest.summary.frame_count} but {table} holds {frame_count} frames")
     expected = (frame_count, manifest.descriptor.dim)
     if tuple(descriptors.shape) != expected or descriptors.dtype != np.float32:
         raise MapError(f"{where}: descriptor.dim: descriptors.npy is {descriptors.dtype}{tuple(descriptors.shape)}, "

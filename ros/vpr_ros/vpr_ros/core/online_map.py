@@ -372,7 +372,7 @@ class OnlineMap:
                 (``QueryFeatures.global_descriptor``): saves the VLAD aggregation.
             pose: (position (3,), orientation quaternion x y z w (4,)) in the map's frame, or None.
             travelled: odometry path length at ``stamp`` in metres; None = from the poses given to ``add``.
-            name, source: the keyframe's name and source in frames.csv (default: from the stamp).
+            name, source: the keyframe's name and source in the frame table (default: from the stamp).
             local_features: per-keyframe local features for geometric verification (module doc); arrays of at
                 least one dimension whose first axis may differ between keyframes, same dtype and trailing
                 shape per key throughout the map. A callable is called only when the frame becomes a keyframe

@@ -3,9 +3,12 @@
 Layout of a map directory (format version :data:`FORMAT_VERSION`)::
 
     manifest.yaml      format, version, encoder identity, head, index, counts, sha256 + size of every file
-    frames.csv         id,name,source,stamp,x,y,z,qx,qy,qz,qw   (NaN where a value is unknown)
-    descriptors.npy    (N, P) float32 global descriptors, L2-normalised
-    global.faiss       FAISS index over the descriptors (inner product)
+    frames.npz         frame table: ids, stamps, positions (N, 3), orientations (N, 4) (NaN where unknown),
+                       names and sources (:meth:`FrameTable.to_columns`); format version 1 maps have frames.csv
+                       (id,name,source,stamp,x,y,z,qx,qy,qz,qw) instead
+    descriptors.npy    (N, P) float32 global descriptors, L2-normalised, memory-mapped on load
+    global.faiss       FAISS index over the descriptors (inner product; :mod:`vpr_ros.core.map_index`),
+                       its inverted lists / flat codes memory-mapped on load
     head.npz           VLAD head (centroids, soft assignment, PCA-whitening) the descriptors were made with
                        (absent for ``global`` encoders, whose output already is the descriptor)
     arrays/<name>.npy  extra per-map arrays (e.g. the Patch-NetVLAD patch store), memory-mapped on load
@@ -18,13 +21,22 @@ and leftover temporary directories are removed. Writers hold the map's lock file
 :func:`map_lock`) for the whole build, append and swap, so two of them cannot race. Only a vpr_ros map is
 ever replaced (:func:`check_overwritable`). Loading checks the format version, the manifest's
 own ``manifest_sha256``, every manifest value and file name (:mod:`vpr_ros.core.map_manifest`) and the sha256 of
-every file, and names the file or field at fault.
+every file, and names the file or field at fault. Each file is read from disk once: the small ones (frames,
+head, and the index when it is not memory-mapped) are hashed and parsed from the same bytes, the memory-mapped
+ones (descriptors, index, arrays) are hashed in one streamed pass (two threads) and then mapped, so a map's
+resident memory stays well below its size.
+
+Format versions: 2 (written now) adds the index's search settings and training record to the manifest's
+``index`` section (:class:`~vpr_ros.core.map_index.IndexSpec`); version 1 maps open unchanged, and any write of
+one (append, merge, overwrite) writes version 2.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import hashlib
+import io
 import logging
 import os
 import re
@@ -33,6 +45,7 @@ import signal
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +55,10 @@ import numpy as np
 import yaml
 
 from vpr_ros import __version__
-from vpr_ros.config import setting
+from vpr_ros.core import map_index
 from vpr_ros.core.files import sha256_file
 from vpr_ros.core.frames import FrameTable
+from vpr_ros.core.map_index import IndexConfig, IndexSpec, SearchConfig
 from vpr_ros.core.map_manifest import (
     MapManifest,
     check_map_data,
@@ -58,20 +72,16 @@ from vpr_ros.errors import InputError, MapError
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = "vpr_ros.reference_map"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this vpr_ros opens (see the module doc).
+READABLE_FORMAT_VERSIONS = (1, 2)
 
 #: Test hook: ``VPR_ROS_FAULT_AT=<step>`` in the environment makes a map writer kill itself at that step (see
 #: :func:`fault_point`). Read once at import, so that unset it costs one string comparison per step.
 _FAULT_AT = os.environ.get("VPR_ROS_FAULT_AT")
 
 
-@dataclass(frozen=True)
-class IndexConfig:
-    """FAISS index over the global descriptors."""
-
-    factory: str = setting("Flat", "FAISS index_factory string (Flat exact; e.g. HNSW32 or IVF1024,PQ32 for "
-                           "large maps); metric is inner product on L2-normalised descriptors")
-    nprobe: int = setting(16, "IVF lists visited per query (IVF indexes only)", min=1)
+__all__ = ["IndexConfig", "ReferenceMap", "SearchConfig"]
 
 
 @dataclass
@@ -108,7 +118,12 @@ class ReferenceMap:
     sections: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: The index the map holds (set when it is built or loaded; None until then).
+    index_spec: IndexSpec | None = None
     _index: Any = field(default=None, repr=False)
+    #: The file ``_index`` is memory-mapped from (read-only), None when it is in RAM: adding to it reads the file
+    #: into RAM first.
+    _index_file: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.descriptors = np.ascontiguousarray(self.descriptors, dtype=np.float32)
@@ -128,11 +143,17 @@ class ReferenceMap:
     @property
     def index(self) -> Any:
         if self._index is None:
-            self._index = build_index(self.descriptors, self.index_config)
+            self._index, self.index_spec = map_index.build_index(self.descriptors, self.index_spec or
+                                                                 self.index_config)
+            self._index_file = None
         return self._index
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int,
+               settings: SearchConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product (cosine for L2-normalised descriptors).
+
+        ``settings``: search parameters for this call (nprobe, efSearch, refine; zeros = the map's own), see
+        :func:`vpr_ros.core.map_index.search`.
 
         Shape:
             queries: (B, P) float32; returns similarities (B, k') and row indices (B, k'), k' = min(k, N).
@@ -141,12 +162,18 @@ class ReferenceMap:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (B, {self.dim}), got {queries.shape}")
         k = min(int(k), len(self))
-        sims, idx = self.index.search(queries, k)
-        return sims, idx
+        index = self.index
+        assert self.index_spec is not None
+        return map_index.search(index, self.index_spec, self.descriptors, queries, k, settings)
 
     def append(self, frames: FrameTable, descriptors: np.ndarray,
-               arrays: dict[str, np.ndarray] | None = None) -> None:
-        """Add frames (incremental map growth); extra arrays are concatenated along axis 0."""
+               arrays: dict[str, np.ndarray] | None = None, retrain: bool = False) -> None:
+        """Add frames (incremental map growth); extra arrays are concatenated along axis 0.
+
+        The new descriptors are added to the map's index as it is, a trained IVF index included (its training
+        record keeps the frame count it was trained on); ``retrain`` builds the index afresh at the next save or
+        search instead, re-choosing it when it was ``auto`` (the map may have outgrown exact search).
+        """
         descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
         if descriptors.shape != (len(frames), self.dim):
             raise ValueError(f"appended descriptors must be ({len(frames)}, {self.dim}), got {descriptors.shape}")
@@ -158,10 +185,23 @@ class ReferenceMap:
         for name, extra in (arrays or {}).items():
             self.arrays[name] = np.concatenate([np.asarray(self.arrays[name]), extra]) if name in self.arrays \
                 else extra
-        if self._index is not None and self._index.is_trained and "IVF" not in self.index_config.factory:
-            self._index.add(descriptors)
-        else:
-            self._index = None
+        if retrain:
+            self.retrain_index()
+        elif self._index is not None:
+            self.index_in_ram().add(descriptors)
+            if self.index_spec is not None and self.index_spec.requested == map_index.AUTO:
+                wanted = map_index.choose_index(len(self), self.dim)
+                if map_index.is_exact(wanted.factory) != map_index.is_exact(self.index_spec.factory):
+                    log.warning("the map now holds %d frames; index.factory auto would choose %s instead of its "
+                                "%s: append with --retrain to rebuild the index", len(self), wanted.factory,
+                                self.index_spec.factory)
+
+    def retrain_index(self) -> None:
+        """Drop the index so that the next search or save builds (and trains) it afresh over all frames, choosing
+        again when it was ``auto``."""
+        if self.index_spec is not None:
+            self.index_config = self.index_spec.request()
+        self._index, self.index_spec, self._index_file = None, None, None
 
     # ---- persistence -----------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -178,10 +218,21 @@ class ReferenceMap:
                 "type": "vlad", "num_clusters": self.head.num_clusters, "feature_dim": self.head.feature_dim,
                 "output_dim": self.head.output_dim},
             "descriptor": {"dim": self.dim, "dtype": "float32", "metric": "inner_product"},
-            "index": {"factory": self.index_config.factory, "nprobe": self.index_config.nprobe},
+            "index": self._built_spec().manifest_entry(),
             "sections": self.sections,
             "provenance": self.provenance,
         }
+
+    def index_in_ram(self) -> Any:
+        """The index, read into RAM (writable) if it was memory-mapped."""
+        if self._index_file is not None:
+            self._index, self._index_file = map_index.read_index(self._index_file, False, ""), None
+        return self.index
+
+    def _built_spec(self) -> IndexSpec:
+        self.index  # noqa: B018 -- builds the index (and its spec) if not yet built
+        assert self.index_spec is not None
+        return self.index_spec
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the map to ``path`` (a directory), crash-safely (see the module doc). Returns the final path.
@@ -202,8 +253,8 @@ class ReferenceMap:
             tmp = _sibling(path, "tmp")
             tmp.mkdir()
             try:
-                (tmp / "frames.csv").write_text(self.frames.to_csv())
-                fault_point("save:wrote:frames.csv")
+                (tmp / "frames.npz").write_bytes(self.frames.to_columns())
+                fault_point("save:wrote:frames.npz")
                 np.save(tmp / "descriptors.npy", self.descriptors)
                 fault_point("save:wrote:descriptors.npy")
                 faiss.write_index(self.index, str(tmp / "global.faiss"))
@@ -231,32 +282,58 @@ class ReferenceMap:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> ReferenceMap:
+    def load(cls, path: str | Path, verify: bool = True, mmap: bool = True,
+             index_in_ram_below: int = map_index.INDEX_IN_RAM_BELOW) -> ReferenceMap:
         """Load and (by default) verify every file's sha256; raise MapError naming the faulty file or manifest
-        field (see :mod:`vpr_ros.core.map_manifest` for what the manifest may say)."""
-        recover_interrupted_swap(path)  # a write killed between its two renames left the map aside: put it back
-        import faiss
+        field (see :mod:`vpr_ros.core.map_manifest` for what the manifest may say).
 
+        ``mmap``: descriptors, extra arrays and the index's inverted lists / flat codes stay in their files,
+        memory-mapped read-only (see :func:`vpr_ros.core.map_index.read_index`); else everything is read into RAM.
+        An index file smaller than ``index_in_ram_below`` bytes is read into RAM all the same: searching scans it,
+        and scanning mapped pages is slower (:data:`vpr_ros.core.map_index.INDEX_IN_RAM_BELOW`).
+        Every file is read once (see the module doc).
+        """
+        recover_interrupted_swap(path)  # a write killed between its two renames left the map aside: put it back
         path = Path(path)
         manifest = open_manifest(path)
         where = str(path / "manifest.yaml")
         files = {rel: map_file(path, rel, where) for rel in manifest.files}
         for rel, meta in manifest.files.items():
-            f = files[rel]
-            if f.stat().st_size != meta.bytes:
-                raise MapError(f"{f}: size {f.stat().st_size} bytes, manifest says {meta.bytes} "
-                               "(truncated or replaced)")
-            if verify and sha256_file(f) != meta.sha256:
-                raise MapError(f"{f}: sha256 mismatch, the file is corrupt or was modified after the map was built")
+            size = files[rel].stat().st_size
+            if size != meta.bytes:
+                raise MapError(f"{files[rel]}: size {size} bytes, manifest says {meta.bytes} (truncated or replaced)")
+        # Memory-mapped files are hashed in one streamed read each (two at a time: hashlib releases the GIL),
+        # the others are read once into bytes that are hashed and parsed.
+        mapped = {rel for rel in files if mmap and (rel.endswith(".npy") or (
+            rel == "global.faiss" and files[rel].stat().st_size >= index_in_ram_below))}
+        if verify:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                digests = dict(zip(sorted(mapped), pool.map(lambda rel: sha256_file(files[rel]), sorted(mapped)),
+                                   strict=True))
+            for rel in sorted(mapped):
+                _check_digest(files[rel], digests[rel], manifest.files[rel].sha256)
+
+        def read(rel: str) -> bytes:
+            data = files[rel].read_bytes()
+            if verify:
+                _check_digest(files[rel], hashlib.sha256(data).hexdigest(), manifest.files[rel].sha256)
+            return data
+
         try:
-            frames = FrameTable.from_csv(files["frames.csv"].read_text(), str(files["frames.csv"]))
-            descriptors = np.load(files["descriptors.npy"], mmap_mode="r" if mmap else None)
+            if "frames.npz" in files:
+                frames = FrameTable.from_columns(read("frames.npz"), str(files["frames.npz"]))
+            else:
+                frames = FrameTable.from_csv(read("frames.csv").decode("utf-8"), str(files["frames.csv"]))
+            descriptors = np.load(files["descriptors.npy"], mmap_mode="r") if "descriptors.npy" in mapped \
+                else np.load(io.BytesIO(read("descriptors.npy")))
             head = None
             if "head.npz" in files:
-                with np.load(files["head.npz"]) as npz:
+                with np.load(io.BytesIO(read("head.npz"))) as npz:
                     head = VladHead.from_arrays(dict(npz))
-            index = faiss.read_index(str(files["global.faiss"]))
-            arrays = {name: np.load(files[rel], mmap_mode="r" if mmap else None)
+            index = map_index.read_index(files["global.faiss"], True, manifest.index.factory) \
+                if "global.faiss" in mapped \
+                else map_index.index_from_bytes(read("global.faiss"))
+            arrays = {name: np.load(files[rel], mmap_mode="r") if rel in mapped else np.load(io.BytesIO(read(rel)))
                       for name, rel in manifest.arrays.items()}
         except MapError:
             raise
@@ -265,13 +342,14 @@ class ReferenceMap:
         if index.ntotal != len(frames):
             raise MapError(f"{path / 'global.faiss'}: holds {index.ntotal} vectors for {len(frames)} frames")
         check_map_data(manifest, len(frames), descriptors, head, index, where)
+        spec = index_spec_from_manifest(manifest)
         refmap = cls(frames=frames, descriptors=np.asarray(descriptors), head=head, encoder=dict(manifest.encoder),
                      input_size=(manifest.summary.input_size[0], manifest.summary.input_size[1]),
-                     index_config=IndexConfig(factory=manifest.index.factory, nprobe=manifest.index.nprobe),
-                     frame_id=manifest.summary.frame_id, sections=dict(manifest.sections), arrays=arrays,
-                     provenance=dict(manifest.provenance))
-        _set_nprobe(index, refmap.index_config.nprobe)
+                     index_config=spec.request(), frame_id=manifest.summary.frame_id,
+                     sections=dict(manifest.sections), arrays=arrays, provenance=dict(manifest.provenance),
+                     index_spec=spec)
         refmap._index = index
+        refmap._index_file = files["global.faiss"] if "global.faiss" in mapped else None
         return refmap
 
     def check_encoder(self, encoder: dict[str, Any]) -> None:
@@ -311,41 +389,37 @@ def open_manifest(path: Path) -> MapManifest:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise MapError(f"{mf}: not a vpr_ros map manifest (format is {found!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise MapError(f"{mf}: map format version {version}, this vpr_ros {__version__} reads version "
-                       f"{FORMAT_VERSION}; rebuild the map")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise MapError(f"{mf}: map format version {version}, this vpr_ros {__version__} reads versions "
+                       f"{', '.join(map(str, READABLE_FORMAT_VERSIONS))}; rebuild the map")
     return validate_manifest(manifest, str(mf))
 
 
-def build_index(descriptors: np.ndarray, config: IndexConfig) -> Any:
-    """FAISS index (inner product) over ``descriptors``, trained first when the factory needs it."""
-    import faiss
+def index_spec_from_manifest(manifest: MapManifest) -> IndexSpec:
+    """The index a map holds, from its manifest. Version 1 maps record only factory and nprobe: their index was
+    built (and, if it needs training, trained) on all their frames when the map was written."""
+    entry = manifest.index
+    if manifest.raw.get("format_version") == 1:
+        trains = map_index.is_ivf(entry.factory) or "PQ" in entry.factory
+        return IndexSpec(entry.factory, nprobe=entry.nprobe, requested=entry.factory,
+                         reason="format version 1 map",
+                         trained_on=manifest.summary.frame_count if trains else 0,
+                         trained_at=manifest.summary.created if trains else "")
+    return IndexSpec(entry.factory, nprobe=entry.nprobe, ef_search=entry.ef_search, refine=entry.refine,
+                     requested=entry.requested or entry.factory, reason=entry.reason, trained_on=entry.trained_on,
+                     trained_at=entry.trained_at)
 
-    d = descriptors.shape[1]
-    try:
-        index = faiss.index_factory(d, config.factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise InputError(f"FAISS cannot build index {config.factory!r}: {exc}") from None
-    if not index.is_trained:
-        index.train(np.ascontiguousarray(descriptors))
-    index.add(np.ascontiguousarray(descriptors))
-    _set_nprobe(index, config.nprobe)
-    return index
 
-
-def _set_nprobe(index: Any, nprobe: int) -> None:
-    import faiss
-
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.nprobe = nprobe
+def _check_digest(path: Path, digest: str, expected: str) -> None:
+    if digest != expected:
+        raise MapError(f"{path}: sha256 mismatch, the file is corrupt or was modified after the map was built")
 
 
 def fault_point(step: str) -> None:
     """Test hook: kill this process with SIGKILL here when the environment variable ``VPR_ROS_FAULT_AT`` is ``step``.
 
     Steps of :meth:`ReferenceMap.save`, in order: ``save:wrote:<file>`` after each file of the new map is written
-    into its temporary directory (``frames.csv``, ``descriptors.npy``, ``global.faiss``, ``head.npz``,
+    into its temporary directory (``frames.npz``, ``descriptors.npy``, ``global.faiss``, ``head.npz``,
     ``arrays/<name>.npy``, ``manifest.yaml``), ``save:after-fsync``, ``swap:after-aside`` (old map renamed aside),
     ``swap:after-in-place`` (new map renamed in), ``swap:after-old-disowned`` (the old copy's manifest removed),
     ``swap:after-old-removed``; :mod:`vpr_ros.core.map_builder` adds ``build:after-save`` and

@@ -106,7 +106,7 @@ from vpr_ros.nodes.runtime import LatestSlot, RuntimeStats
 #: encoder, the subscriptions or the timers, and is read-only.
 RUNTIME_PARAMETERS: tuple[str, ...] = (
     "publish_candidates", "position_sigma_min", "position_sigma_max", "yaw_sigma_deg",
-    "localizer.top_k", "localizer.confidence_radius",
+    "localizer.top_k", "localizer.confidence_radius", "localizer.search.",
     "localizer.rerank.candidates", "localizer.rerank.scorer", "localizer.rerank.fusion",
     "localizer.rerank.ransac_tolerance",
     "localizer.sequence.",  # a change restarts the query sequence (as ~/reset)
