@@ -151,7 +151,7 @@ def test_retrain_trains_the_index_again_on_all_frames(tmp_path: Path):
 @pytest.mark.parametrize("factory", ["Flat", "IVF16,PQ4np", "HNSW16"])
 def test_index_is_memory_mapped_and_answers_like_an_in_ram_open(tmp_path: Path, factory: str):
     make_map(1500, factory=factory).save(tmp_path / "map")
-    mapped = ReferenceMap.load(tmp_path / "map")
+    mapped = ReferenceMap.load(tmp_path / "map", index_in_ram_below=0)
     in_ram = ReferenceMap.load(tmp_path / "map", mmap=False)
     index_file = str((tmp_path / "map" / "global.faiss").resolve())
     assert index_file in Path("/proc/self/maps").read_text(), "global.faiss is not memory-mapped"
@@ -164,9 +164,20 @@ def test_index_is_memory_mapped_and_answers_like_an_in_ram_open(tmp_path: Path, 
     assert isinstance(mapped.descriptors, np.memmap) or isinstance(mapped.descriptors.base, np.memmap)
 
 
+def test_a_small_index_is_read_into_ram_and_its_descriptors_stay_mapped(tmp_path: Path):
+    make_map(1500, factory="IVF16,SQ8").save(tmp_path / "map")
+    index_file = str((tmp_path / "map" / "global.faiss").resolve())
+    m = ReferenceMap.load(tmp_path / "map")
+    assert index_file not in Path("/proc/self/maps").read_text()
+    assert isinstance(m.descriptors, np.memmap) or isinstance(m.descriptors.base, np.memmap)
+    mapped = ReferenceMap.load(tmp_path / "map", index_in_ram_below=0)
+    assert index_file in Path("/proc/self/maps").read_text()
+    np.testing.assert_array_equal(m.search(m.descriptors[::5], 5)[1], mapped.search(m.descriptors[::5], 5)[1])
+
+
 def test_appending_to_a_memory_mapped_ivf_map_copies_its_index_into_ram(tmp_path: Path):
     make_map(1000, factory="IVF16,Flat").save(tmp_path / "map")
-    m = ReferenceMap.load(tmp_path / "map")
+    m = ReferenceMap.load(tmp_path / "map", index_in_ram_below=0)
     extra = make_map(10, seed=2, first_id=1000, prefix="b")
     m.append(extra.frames, extra.descriptors)
     _, rows = m.search(extra.descriptors, 1, SearchConfig(nprobe=16))

@@ -53,6 +53,7 @@ NOT_MEASURED: tuple[str, ...] = (
     "one query is 1.9 points",                   # 1 / 54 queries, arithmetic
     "~950 ms per top-100 query on an RTX A5000", # the paper's published GPU figure
     "fits 0.25 MB",                              # a storage budget, not a result
+    "when its file is under 512 MB",             # map_index.INDEX_IN_RAM_BELOW, a setting
     "exit 3 above 1e-3",                         # export tolerance
     "logits within 1e-3",                        # test tolerance
     "weight decay 1e-4",                         # paper hyper-parameter

@@ -4,7 +4,7 @@ trained, how it is opened (memory-mapped) and searched (search parameters per ca
 ``auto`` (:func:`choose_index`) follows :data:`AUTO_TABLE`, measured by ``python -m bench map_scale``
 (bench/results/map_scale.json, README "Large maps"): exact search (``Flat``) while one query over the whole map
 stays within a few milliseconds on 2 cores, an inverted file with 8-bit scalar-quantised codes beyond
-(``IVF<nlist>,SQ8``: one byte per dimension, a quarter of the float descriptors, memory-mapped), whose
+(``IVF<nlist>,SQ8``: one byte per dimension, a quarter of the float descriptors), whose
 approximate top candidates are re-scored exactly against the map's memory-mapped ``descriptors.npy``
 (``refine``: k x refine candidates are fetched, the best k by exact inner product are returned; the rows read are
 the candidates' only). Whatever auto
@@ -82,14 +82,14 @@ class AutoRow:
 #: 1M frames recall@1 stayed near 0.9 of exact search even visiting 1/4 of the lists, because the true neighbour
 #: ranked beyond the re-scored pool, while exact distances inside the same visited lists gave 0.97. 8-bit scalar
 #: codes rank almost like exact distances, so re-scoring 4 x top_k recovers the rest (0.97 on the tuning queries
-#: of the 1M map) at 256 bytes per frame, memory-mapped, and a few milliseconds per query.
+#: of the 1M map) at 256 bytes per frame and a few milliseconds per query.
 AUTO_TABLE: tuple[AutoRow, ...] = (
     AutoRow(50_000, "flat", why="exact search; its cost grows with the map and passes a few milliseconds per query "
                                 "on 2 cores beyond 50k frames"),
     AutoRow(1 << 62, "ivf_sq8", probe_fraction=8, refine=4,
             why="beyond 50k frames exact search costs tens of milliseconds per query on 2 cores; an inverted file "
                 "of 8-bit codes visiting 1/8 of its lists, 4 x top_k candidates re-scored exactly, keeps recall@1 "
-                "about 0.95 of exact search or better at a few milliseconds per query, its codes memory-mapped "
+                "about 0.95 of exact search or better at a few milliseconds per query and a byte per dimension "
                 "(bench map_scale)"),
 )
 #: FAISS k-means wants at least 39 training points per list; fewer lists rather than a warning.
@@ -101,6 +101,13 @@ MIN_POINTS_PER_LIST = 39
 TRAIN_POINTS_PER_LIST = 40
 TRAIN_ITERATIONS = 10
 DEFAULT_NPROBE = 16
+#: Index files smaller than this are read into RAM at load, larger ones memory-mapped (:func:`read_index`). A query
+#: scans the codes of the lists it visits, and scanning memory-mapped pages is slower than RAM (bench map_scale,
+#: 1M frames, IVF4096,SQ8, nprobe 512: p50 11.2 vs 6.8 ms; 4 KiB page-table entries for a file mapping against
+#: the huge pages anonymous memory gets), so a compressed index of up to half a gigabyte -- auto's at a million
+#: 256-d frames is 268 MB -- is worth its RAM; beyond that, bounded memory wins (exact or HNSW indexes of a
+#: million frames are gigabytes).
+INDEX_IN_RAM_BELOW = 512 << 20
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ How the work is split, and why the map equals the single-process build of the sa
   an actor encodes it with :func:`~vpr_ros.core.map_builder.encode_chunk`, the very function a single-process
   build runs. Batches start at every chunk's first frame wherever the chunk is encoded, so the batch boundaries
   do not depend on how chunks are spread over actors; with the same ``encoder.threads`` (ONNX Runtime intra-op
-  threads) the descriptors are bitwise those of a single-process build.
+  threads) the descriptors are bitwise those of a single-process build (on a local cluster, whose actors also get
+  the driver's BLAS thread count: :func:`blas_threads_env`).
 * Each actor holds one encoder (one ONNX Runtime session, built from the build's ``encoder`` settings) and the
   fitted head (vocabulary + PCA), which the driver fits once on its sample (pass 1, as without Ray) and puts into
   the object store once (``ray.put``) for every actor, as it does with the extra per-frame extractors.
@@ -95,6 +96,19 @@ def import_ray(local_cluster: bool) -> ModuleType:
         raise RayMissingError(f"--executor ray needs the optional package ray, which is not installed: "
                               f"{INSTALL_HINT}") from None
     return ray
+
+
+def blas_threads_env() -> dict[str, str]:
+    """This process's BLAS thread count as the environment that sets it (numpy's OpenBLAS reads it at import).
+
+    Ray starts every worker with OMP_NUM_THREADS = its CPUs (1 for one-CPU actors), and OpenBLAS sums a product
+    in another order with another thread count: the VLAD head and the patch projection (numpy) then differ from a
+    single-process build in the last bit. Actors of a local cluster get the driver's count instead, so a map built
+    on them equals the single-process map bit for bit (the head is a small share of the work).
+    """
+    count = (os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+             or str(len(os.sched_getaffinity(0))))
+    return {"OPENBLAS_NUM_THREADS": count, "OMP_NUM_THREADS": count}
 
 
 def _worker_env() -> dict[str, str]:
@@ -347,7 +361,9 @@ class RayExecutor:
         ray = self.ray
         count, resources = self._placement(encoder.config)
         count = min(count, len(chunks))
-        cls = ray.remote(ChunkWorker).options(**resources, max_restarts=0, max_task_retries=0)
+        # Local actors use the driver's BLAS threads (blas_threads_env); a remote cluster's machines keep Ray's.
+        local_env = {"runtime_env": {"env_vars": blas_threads_env()}} if self.address is None else {}
+        cls = ray.remote(ChunkWorker).options(**resources, max_restarts=0, max_task_retries=0, **local_env)
         args = (self._encoder_config(encoder), ray.put(head), size, ray.put(list(extractors)))
         t0 = time.perf_counter()
         actors = self._start_actors(range(count), cls, args, encoder)

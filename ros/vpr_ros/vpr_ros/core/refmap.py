@@ -293,12 +293,15 @@ class ReferenceMap:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, verify: bool = True, mmap: bool = True) -> ReferenceMap:
+    def load(cls, path: str | Path, verify: bool = True, mmap: bool = True,
+             index_in_ram_below: int = map_index.INDEX_IN_RAM_BELOW) -> ReferenceMap:
         """Load and (by default) verify every file's sha256; raise MapError naming the faulty file or manifest
         field (see :mod:`vpr_ros.core.map_manifest` for what the manifest may say).
 
         ``mmap``: descriptors, extra arrays and the index's inverted lists / flat codes stay in their files,
         memory-mapped read-only (see :func:`vpr_ros.core.map_index.read_index`); else everything is read into RAM.
+        An index file smaller than ``index_in_ram_below`` bytes is read into RAM all the same: searching scans it,
+        and scanning mapped pages is slower (:data:`vpr_ros.core.map_index.INDEX_IN_RAM_BELOW`).
         Every file is read once (see the module doc).
         """
         recover_interrupted_swap(path)  # a write killed between its two renames left the map aside: put it back
@@ -312,7 +315,8 @@ class ReferenceMap:
                 raise MapError(f"{files[rel]}: size {size} bytes, manifest says {meta.bytes} (truncated or replaced)")
         # Memory-mapped files are hashed in one streamed read each (two at a time: hashlib releases the GIL),
         # the others are read once into bytes that are hashed and parsed.
-        mapped = {rel for rel in files if mmap and (rel == "global.faiss" or rel.endswith(".npy"))}
+        mapped = {rel for rel in files if mmap and (rel.endswith(".npy") or (
+            rel == "global.faiss" and files[rel].stat().st_size >= index_in_ram_below))}
         if verify:
             with ThreadPoolExecutor(max_workers=2) as pool:
                 digests = dict(zip(sorted(mapped), pool.map(lambda rel: sha256_file(files[rel]), sorted(mapped)),
