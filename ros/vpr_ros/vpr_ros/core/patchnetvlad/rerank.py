@@ -235,9 +235,8 @@ class Reranker:
             sub = self.coarse_patches[s] if coarse else slice(None)
             positions = self.coarse_grid_indices[s] if coarse else self.grid_indices[s]
             with step("store_gather"):
-                refs = np.asarray(stores[s][rows[order]])
-                if coarse:
-                    refs = np.ascontiguousarray(refs[:, sub])
+                # The first stage reads only its patches of each candidate (a quarter at stride 2), not whole frames.
+                refs = np.asarray(stores[s][np.ix_(rows[order], sub)] if coarse else stores[s][rows[order]])
             with step("matching"):
                 sorted_matches = nearest_patches(None if query is None else query[s][sub], refs, self.spec.encoding,
                                                  self.config.threads,
