@@ -17,8 +17,9 @@ Writes ``bench/results/patch_rerank.json``:
   queries are places 57-110), global only vs each named configuration, at the default map input (320x240)
   and at 640x480 (storage vs recall, and the ``realtime`` preset), with each 640x480 configuration's top-1
   agreement with float32 ``speed`` (which ranks like the official code);
-* ``rerank.ours.two_stage_*``: two-stage re-ranking on the same stores (every candidate on every second patch
-  centre, then the best :data:`TWO_STAGE_FINE` on all patches: ``RerankConfig.coarse_stride`` 2);
+* ``rerank.ours.two_stage_s<k>_*``: two-stage re-ranking on the same stores (every candidate on every k-th patch
+  centre, then the best few on all patches: ``RerankConfig.coarse_stride`` / ``fine_candidates``,
+  :data:`TWO_STAGE`);
 * ``rerank.ours.realtime_int8``: the ``realtime`` preset (size-5 patches at stride 2, 234 per frame) on the same
   inputs as the other ``rerank`` entries.
 
@@ -28,6 +29,7 @@ ratios measured in one process on the same inputs are the robust figures.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -45,8 +47,8 @@ from vpr_ros.core.paths import PACKAGE_ROOT
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 H, W = 480, 640
-#: Candidates the second stage of two-stage re-ranking scores on all patches (RerankConfig.fine_candidates).
-TWO_STAGE_FINE = 5
+#: Two-stage re-ranking settings measured: (RerankConfig.coarse_stride, RerankConfig.fine_candidates).
+TWO_STAGE = ((2, 5), (3, 5))
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, Any]:
@@ -248,12 +250,12 @@ def rerank_speed(folder: Path, images: list[np.ndarray], repeats: int) -> dict[s
             print(f"ours {encoding} top-{k}: {t * 1e3:.1f} ms", flush=True)
         if encoding == "float16":
             continue
-        # Two stages on the same store: every candidate on every second patch centre (234 patches), then the
-        # best TWO_STAGE_FINE on all 936.
-        staged = Reranker(refmap, spec, RerankConfig(coarse_stride=2, fine_candidates=TWO_STAGE_FINE))
+        # Two stages on the same store: every candidate on every coarse_stride-th patch centre (234 patches at
+        # stride 2, 108 at 3), then the best `fine` on all 936.
         query_t = [matcher_query(query, encoding)]
-        n_coarse = len(staged.coarse_patches[0])
-        for k in (10, 100):
+        for (coarse_stride, fine), k in itertools.product(TWO_STAGE, (10, 100)):
+            staged = Reranker(refmap, spec, RerankConfig(coarse_stride=coarse_stride, fine_candidates=fine))
+            n_coarse = len(staged.coarse_patches[0])
             rows = np.arange(k)
 
             def run_staged(rows: np.ndarray = rows, staged: Reranker = staged,
@@ -263,13 +265,14 @@ def rerank_speed(folder: Path, images: list[np.ndarray], repeats: int) -> dict[s
             run_staged()
             t, order = timed(run_staged, repeats * 3)
             official_order = result["official_order"][f"top{k}"]
-            flops = 2.0 * 512 * (k * n_coarse ** 2 + min(TWO_STAGE_FINE, k) * 936 ** 2)
-            result["ours"].setdefault(f"two_stage_{encoding}", {})[f"top{k}"] = {
-                "ms": t * 1e3, "mutual_nn_gflop": flops / 1e9, "coarse_patches": n_coarse,
-                "fine_candidates": TWO_STAGE_FINE,
+            flops = 2.0 * 512 * (k * n_coarse ** 2 + min(fine, k) * 936 ** 2)
+            result["ours"].setdefault(f"two_stage_s{coarse_stride}_{encoding}", {})[f"top{k}"] = {
+                "ms": t * 1e3, "mutual_nn_gflop": flops / 1e9, "coarse_stride": coarse_stride,
+                "coarse_patches": n_coarse, "fine_candidates": fine,
                 "same_ranking_as_official": ref_rows[order].tolist() == official_order,
                 "same_top1_as_official": int(ref_rows[order[0]]) == official_order[0]}
-            print(f"ours two-stage {encoding} top-{k}: {t * 1e3:.1f} ms", flush=True)
+            print(f"ours two-stage (stride {coarse_stride}, {fine} fine) {encoding} top-{k}: {t * 1e3:.1f} ms",
+                  flush=True)
     # The realtime preset: the same size-5 patches at stride 2 (every second centre in both directions, a quarter
     # of the patches, a sixteenth of the matching work), int8; compared with the official stride-1 ranking.
     grids2 = make_grids((5,), (2,), (H // 16, W // 16), 16)
@@ -333,8 +336,9 @@ def corridor_recall(folder: Path) -> dict[str, Any]:
         gt = positives_by_index(len(queries), refmap.frames.ids, CORRIDOR.tolerance)
         methods = [("rerank_top100", RerankConfig(candidates=100)), ("rerank_top10", RerankConfig(candidates=10))]
         if size_name == "640x480" and preset == "speed" and encoding in ("float32", "int8"):
-            methods.append(("rerank_top100_two_stage", RerankConfig(candidates=100, coarse_stride=2,
-                                                                    fine_candidates=TWO_STAGE_FINE)))
+            methods += [(f"rerank_top100_two_stage_s{stride}", RerankConfig(candidates=100, coarse_stride=stride,
+                                                                            fine_candidates=fine))
+                        for stride, fine in TWO_STAGE]
         if size_name not in global_done:
             methods.insert(0, ("global_only", RerankConfig(method="none")))
             global_done.add(size_name)
@@ -352,7 +356,7 @@ def corridor_recall(folder: Path) -> dict[str, Any]:
                             k: section.get(k) for k in ("sizes", "dim", "encoding", "bytes_per_frame")}}
             print(key, {k: v for k, v in out[key].items() if k != "patches"}, flush=True)
     for key, found in top1.items():
-        method = key.rsplit("/", 1)[1].removesuffix("_two_stage")
+        method = key.rsplit("/", 1)[1].split("_two_stage")[0]
         reference = top1.get(f"{key.split('/')[0]}/speed/float32/{method}")
         if reference is not None and key in out:
             out[key]["top1_agreement_with_float32_speed"] = float(np.mean(found == reference))
