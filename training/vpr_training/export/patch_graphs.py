@@ -35,7 +35,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +43,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from vpr_ros.core.files import atomic_write_bytes
 from vpr_ros.core.patchnetvlad.query_graph import GRAPH_FILE_NAME, INPUTS, OUTPUTS
 from vpr_ros.core.vlad import HEAD_GRAPH_FILE_NAME, HEAD_GRAPH_INPUTS
 from vpr_training.export.matching_graphs import IR_VERSION, SHIPPED_DIRECTORY
+from vpr_training.export.package_graphs import graphs_main, stale_graphs, write_package_graphs
 
 #: ReduceMax / ReduceL2 with axes as an input need opset 18.
 OPSET = 18
@@ -201,44 +200,19 @@ GRAPHS = {GRAPH_FILE_NAME: query_patch_graph, HEAD_GRAPH_FILE_NAME: vlad_head_gr
 
 def stale_files(directory: Path) -> list[str]:
     """The graph files in ``directory`` that are missing or differ (as parsed models) from what this module builds."""
-    return [name for name, build in GRAPHS.items()
-            if not (directory / name).is_file()
-            or onnx.load_model_from_string((directory / name).read_bytes()) != build()]
+    return stale_graphs(directory, GRAPHS)
 
 
 def write_graphs(directory: Path) -> list[Path]:
     """Write every graph to ``directory`` (atomically; unchanged files are left alone); the paths written."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, build in GRAPHS.items():
-        path = directory / name
-        data = build().SerializeToString()
-        if path.is_file() and path.read_bytes() == data:
-            continue
-        atomic_write_bytes(path, data)
-        path.chmod(0o644)  # package data: readable by everyone (the atomic writer's temp file is 0600)
-        written.append(path)
-    return written
+    return write_package_graphs(directory, GRAPHS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite (or with ``--check`` verify) the shipped graph; returns the process exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vpr_training.export.patch_graphs",
-        description="Write the Patch-NetVLAD query patch descriptor ONNX graph that ships with vpr_ros.")
-    parser.add_argument("--out-dir", type=Path, default=SHIPPED_DIRECTORY,
-                        help=f"output folder (default: the package data folder, {SHIPPED_DIRECTORY})")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is missing or differs")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files(args.out_dir)
-        for name in stale:
-            print(f"{args.out_dir / name}: missing or not what this module builds "
-                  "(run python -m vpr_training.export.patch_graphs)", file=sys.stderr)
-        return 1 if stale else 0
-    written = write_graphs(args.out_dir)
-    print(f"{len(written)} graph(s) rewritten in {args.out_dir}" + "".join(f"\n  {p.name}" for p in written))
-    return 0
+    """Rewrite (or with ``--check`` verify) the shipped graphs; returns the process exit status."""
+    return graphs_main(argv, "vpr_training.export.patch_graphs",
+                       "Write the query patch descriptor and VLAD head ONNX graphs that ship with vpr_ros.", GRAPHS,
+                       SHIPPED_DIRECTORY)
 
 
 if __name__ == "__main__":
