@@ -10,6 +10,9 @@
 #   make interfaces  colcon-build ros/vpr_ros_interfaces/ and install it into the venv (demo/test do it)
 #   make colcon   colcon-build both ROS packages of ros/ into install/ (ros2 launch / ros2 run vpr_ros ...)
 #   make lint     ruff;  make config  regenerate ros/vpr_ros/config/*.yaml from the typed defaults
+#   make gpu-venv / gpu-check  a second venv (.venv-gpu) with the GPU builds of ONNX Runtime and FAISS
+#                 (requirements/gpu.txt), and on a machine with an NVIDIA GPU the GPU tests + benches in it
+#                 -> bench/results/gpu.json (exit 2 and nothing written without a GPU)
 
 PYTHON ?= python3
 VENV := .venv
@@ -94,3 +97,23 @@ config: $(STAMP)
 
 clean:
 	rm -rf out build install log .pytest_cache .ruff_cache
+
+# The GPU node: a venv of its own, since onnxruntime-gpu / faiss-gpu-cuvs install the same modules as the CPU builds
+# of runtime.txt (left out here). Only what the node and bench/gpu_check.py need (no training, no ROS launch tools).
+VENV_GPU := .venv-gpu
+PY_GPU := $(VENV_GPU)/bin/python
+GPU_STAMP := $(VENV_GPU)/.vpr_ros-installed
+.PHONY: gpu-venv gpu-check
+gpu-venv: $(GPU_STAMP)
+
+$(GPU_STAMP): requirements/runtime.txt requirements/dev.txt requirements/gpu.txt ros/vpr_ros/setup.py
+	test -x $(PY_GPU) || $(PYTHON) -m venv $(VENV_GPU)
+	$(PY_GPU) -m pip install --quiet --upgrade pip
+	grep -v -E '^(onnxruntime|faiss-cpu)==' requirements/runtime.txt > $(VENV_GPU)/runtime-without-cpu-builds.txt
+	$(PY_GPU) -m pip install --quiet -r $(VENV_GPU)/runtime-without-cpu-builds.txt -r requirements/dev.txt \
+		-r requirements/gpu.txt
+	$(PY_GPU) -m pip install --quiet --no-deps --no-build-isolation -e ros/vpr_ros
+	touch $@
+
+gpu-check: $(GPU_STAMP)
+	$(PY_GPU) -m bench.gpu_check

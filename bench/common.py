@@ -36,8 +36,8 @@ def machine_load() -> dict[str, Any]:
             "load_average_at_end": list(os.getloadavg())}
 
 
-def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median / p90 / min wall time of ``fn`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
+def wall_times_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> np.ndarray:
+    """Wall time of each of ``repeats`` runs of ``fn`` in milliseconds, after ``warmup`` runs."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -45,7 +45,12 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    x = np.array(samples)
+    return np.array(samples)
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median / p90 / min wall time of ``fn`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
+    x = wall_times_ms(fn, repeats, warmup)
     return {"median": float(np.median(x)), "p90": float(np.percentile(x, 90)), "min": float(x.min()),
             "repeats": repeats}
 

@@ -52,8 +52,9 @@ class Capability:
 CAPABILITIES: dict[str, Capability] = {c.name: c for c in (
     # The device nodes, not torch.cuda.is_available(): a machine with an NVIDIA GPU whose torch cannot use it
     # must fail the GPU tests, not skip them (and probing costs no torch import).
-    Capability("gpu", "no NVIDIA GPU device (/dev/nvidia0); the CUDA paths (training with AMP, NCCL) run only on a "
-               "machine with one", lambda: any(Path("/dev").glob("nvidia[0-9]*"))),
+    Capability("gpu", "no NVIDIA GPU device (/dev/nvidia0); the CUDA paths (training with AMP, NCCL; ONNX Runtime and "
+               "FAISS on the GPU: make gpu-check) run only on a machine with one",
+               lambda: any(Path("/dev").glob("nvidia[0-9]*"))),
     Capability("system_ros2", "no `ros2` command: it comes with a system ROS 2 install, not with the PyPI rclpy "
                "wheels of requirements/runtime.txt; the entry points are then run directly, as `ros2 run` would",
                lambda: shutil.which("ros2") is not None),

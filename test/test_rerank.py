@@ -16,7 +16,8 @@ from vpr_ros.core.image import load_rgb
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
 from vpr_ros.core.map_builder import BuildMapConfig, build_map
 from vpr_ros.core.patchnetvlad.descriptors import patch_descriptors
-from vpr_ros.core.patchnetvlad.rerank import RerankConfig, stored_spec
+from vpr_ros.core.patchnetvlad.rerank import RerankConfig, Reranker, stored_spec
+from vpr_ros.core.patchnetvlad.scoring import fuse_scales
 from vpr_ros.core.patchnetvlad.store import PatchStoreConfig, decode, encode, resolve_spec
 from vpr_ros.core.refmap import MapError, ReferenceMap
 from vpr_ros.io.images import folder_source
@@ -208,3 +209,55 @@ def test_appending_grows_the_patch_store_from_the_manifest(corridor_patch_map: P
     loc = Localizer(refmap, encoder, LocalizerConfig(top_k=5, rerank=RerankConfig(candidates=20)))
     hyp = loc.localize(load_rgb(corridor / "query" / "0000011.jpg"))
     assert refmap.frames.names[hyp.indices[0]] == "0000011.jpg"
+
+
+def first_frames(corridor: Path, n: int):
+    src = folder_source(corridor / "ref", corridor / "ref_poses.csv")
+    f = src.frames
+    src.frames = f.__class__(f.ids[:n], f.names[:n], f.sources[:n], f.stamps[:n], f.positions[:n], f.orientations[:n])
+    return src
+
+
+def test_two_stage_coarse_scores_are_those_of_a_map_storing_the_coarser_stride(tmp_path: Path, corridor: Path,
+                                                                               encoder):
+    """The first stage scores every second patch centre as a map with stride-2 patches of the same size does
+    (float32 stores: the same descriptors), for the rapid score and for RANSAC."""
+    src = first_frames(corridor, 30)
+    fine = build_map(src, tmp_path / "s1", BuildMapConfig(patches=PatchStoreConfig(preset="speed", encoding="float32")),
+                     progress=False, encoder=encoder)
+    coarse_map = build_map(src, tmp_path / "s2", BuildMapConfig(patches=PatchStoreConfig(
+        preset="realtime", encoding="float32")), progress=False, encoder=encoder)
+    assert stored_spec(coarse_map).grids[0].stride == 2
+    features = encoder.features([src.load_image(7)], *fine.input_size)
+    rows = np.arange(30)[::-1]
+    for scorer in ("rapid", "ransac"):
+        two_stage = Reranker(fine, stored_spec(fine), RerankConfig(coarse_stride=2, scorer=scorer))
+        assert two_stage.scorer == scorer
+        coarser = Reranker(coarse_map, stored_spec(coarse_map), RerankConfig(scorer=scorer))
+        np.testing.assert_allclose(two_stage.scale_scores(None, rows, two_stage.matcher_queries(features), coarse=True),
+                                   coarser.scale_scores(None, rows, coarser.matcher_queries(features)), atol=1e-9)
+
+
+def test_two_stage_reranking_scores_the_best_first_stage_candidates_on_all_patches(corridor_patch_map: Path,
+                                                                                  encoder, corridor: Path):
+    refmap = ReferenceMap.load(corridor_patch_map)
+    spec = stored_spec(refmap)
+    one = Reranker(refmap, spec, RerankConfig())
+    two = Reranker(refmap, spec, RerankConfig(coarse_stride=2, fine_candidates=4))
+    features = encoder.features([load_rgb(corridor / "query" / "0000042.jpg")], *refmap.input_size)
+    rows = np.arange(30, 60)
+    query_t = one.matcher_queries(features)
+    result = two.rank(query_t, rows)
+    assert sorted(result.order.tolist()) == list(range(len(rows))) and np.all(np.diff(result.scores) <= 0)
+    coarse, _ = fuse_scales(two.scale_scores(None, rows, query_t, coarse=True), np.asarray(spec.weights))
+    first = np.argsort(-coarse, kind="stable")
+    assert set(result.order[:4].tolist()) == set(first[:4].tolist())
+    np.testing.assert_array_equal(result.order[4:], first[4:])
+    # The four finalists are ranked by their full scores, as one stage ranks them among themselves.
+    finalists = np.sort(first[:4])
+    alone = one.rank(query_t, rows[finalists])
+    np.testing.assert_array_equal(result.order[:4], finalists[alone.order])
+    np.testing.assert_allclose(result.scores[:4], alone.scores, rtol=1e-6)
+    # As many finalists as candidates: one stage.
+    everyone = Reranker(refmap, spec, RerankConfig(coarse_stride=2, fine_candidates=len(rows))).rank(query_t, rows)
+    np.testing.assert_array_equal(everyone.order, one.rank(query_t, rows).order)

@@ -17,7 +17,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +25,10 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from vpr_ros.core.files import atomic_write_bytes
 from vpr_ros.core.patchnetvlad.matching import GRAPH_DIRECTORY, INT8_ZERO_POINT, graph_file_name
 from vpr_ros.core.patchnetvlad.presets import ENCODINGS
 from vpr_ros.core.paths import PACKAGE_ROOT
+from vpr_training.export.package_graphs import graphs_main, stale_graphs, write_package_graphs
 
 #: Where the graphs live in a source checkout (the package data of ``vpr_ros.core.patchnetvlad``).
 SHIPPED_DIRECTORY = PACKAGE_ROOT / "vpr_ros" / "core" / "patchnetvlad" / GRAPH_DIRECTORY
@@ -66,53 +66,25 @@ def mutual_nn_graph(encoding: str) -> onnx.ModelProto:
     return model
 
 
-def stale_files(directory: Path) -> list[str]:
-    """The graph files in ``directory`` that are missing or differ from what :func:`mutual_nn_graph` builds.
+#: The shipped graphs, file name -> builder.
+GRAPHS = {graph_file_name(encoding): functools.partial(mutual_nn_graph, encoding) for encoding in ENCODINGS}
 
-    Compared as parsed models (protobuf equality, field by field), so a byte-level difference in how another
-    protobuf version orders or packs the same fields is not reported; the files are written byte-stable anyway.
-    """
-    stale = []
-    for encoding in ENCODINGS:
-        path = directory / graph_file_name(encoding)
-        if not path.is_file() or onnx.load_model_from_string(path.read_bytes()) != mutual_nn_graph(encoding):
-            stale.append(path.name)
-    return stale
+
+def stale_files(directory: Path) -> list[str]:
+    """The graph files in ``directory`` that are missing or differ from what :func:`mutual_nn_graph` builds."""
+    return stale_graphs(directory, GRAPHS)
 
 
 def write_graphs(directory: Path) -> list[Path]:
     """Write every graph to ``directory`` (atomically; unchanged files are left alone); the paths written."""
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for encoding in ENCODINGS:
-        path = directory / graph_file_name(encoding)
-        data = mutual_nn_graph(encoding).SerializeToString()
-        if not path.is_file() or path.read_bytes() != data:
-            atomic_write_bytes(path, data)
-            path.chmod(0o644)  # package data: readable by everyone (the atomic writer's temp file is 0600)
-            written.append(path)
-    return written
+    return write_package_graphs(directory, GRAPHS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Rewrite (or with ``--check`` verify) the shipped graphs; returns the process exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m vpr_training.export.matching_graphs",
-        description="Write the Patch-NetVLAD mutual-NN ONNX graphs that ship with vpr_ros.")
-    parser.add_argument("--out-dir", type=Path, default=SHIPPED_DIRECTORY,
-                        help=f"output folder (default: the package data folder, {SHIPPED_DIRECTORY})")
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is missing or differs")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files(args.out_dir)
-        for name in stale:
-            print(f"{args.out_dir / name}: missing or not what this module builds "
-                  "(run python -m vpr_training.export.matching_graphs)", file=sys.stderr)
-        return 1 if stale else 0
-    written = write_graphs(args.out_dir)
-    print(f"{len(written)} of {len(ENCODINGS)} graphs rewritten in {args.out_dir}"
-          + "".join(f"\n  {p.name}" for p in written))
-    return 0
+    return graphs_main(argv, "vpr_training.export.matching_graphs",
+                       "Write the Patch-NetVLAD mutual-NN ONNX graphs that ship with vpr_ros.", GRAPHS,
+                       SHIPPED_DIRECTORY)
 
 
 if __name__ == "__main__":

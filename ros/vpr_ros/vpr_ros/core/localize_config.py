@@ -22,6 +22,10 @@ class LocalizeNodeConfig:
                             "camera to the map as the robot drives (loop closures within the run; ~/save_map "
                             "writes it)", choices=("fixed", "online"))
     verify_map: bool = setting(True, "check the sha256 of every map file at load (slower for huge maps)")
+    search_device: str = setting("auto", "where the map's FAISS index is searched: auto = a GPU copy when FAISS has "
+                                 "GPU support (make gpu-venv) and the map fits, else the CPU; cuda = the same, with a "
+                                 "warning when it falls back; cpu (fixed maps; online maps search on the CPU)",
+                                 choices=("auto", "cpu", "cuda"))
     autostart: bool = setting(True, "configure and activate the node at start (lifecycle), as `ros2 run` users "
                               "expect; false = stay unconfigured until a lifecycle manager configures it (nav2 style)")
     image_transport: str = setting("raw", "subscribe to sensor_msgs/Image on 'image' (raw) or to "

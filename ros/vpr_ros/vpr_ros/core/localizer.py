@@ -38,9 +38,10 @@ from vpr_ros.core.encoders import Encoder, EncoderConfig, make_encoder
 from vpr_ros.core.map_index import SearchConfig
 from vpr_ros.core.online_map import OnlineMap
 from vpr_ros.core.patchnetvlad.rerank import PatchCorrespondences, RerankConfig, Reranker, resolve_method
+from vpr_ros.core.profiling import step
 from vpr_ros.core.refmap import ReferenceMap
 from vpr_ros.core.sequence import SequenceConfig, SequenceMatcher
-from vpr_ros.core.vlad import global_descriptors
+from vpr_ros.core.vlad import VladHeadGraph, global_descriptors
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,8 @@ class StageTimer:
     def __call__(self, stage: str) -> Iterator[None]:
         t0 = time.perf_counter()
         try:
-            yield
+            with step(stage):  # the stage is the parent of the steps inside it when a profile is recorded
+                yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter() - t0) * 1e3
 
@@ -193,6 +195,12 @@ class Localizer:
         self.refmap = refmap
         self.encoder = encoder
         self.height, self.width = (int(v) for v in refmap.input_size)
+        head = refmap.head
+        # The VLAD head in ONNX Runtime's thread pool (see VladHeadGraph), on the encoder's device; numpy for heads
+        # without a projection.
+        head_device = "cuda" if getattr(encoder, "on_gpu", False) else "cpu"
+        self._head_graph = (VladHeadGraph(head, device=head_device) if head is not None and head.projection is not None
+                            else None)
         self._stages = PipelineStages(config, self._build_reranker(config.rerank),
                                       self._build_sequence(config.sequence, config.top_k))
 
@@ -254,8 +262,11 @@ class Localizer:
         return self.encode_many([image])[0]
 
     def encode_many(self, images: list[np.ndarray]) -> list[QueryFeatures]:
-        feats = self.encoder.features(images, self.height, self.width)
-        globals_ = global_descriptors(feats, self.refmap.head)
+        with step("encoder"):
+            feats = self.encoder.features(images, self.height, self.width)
+        with step("vlad_head"):
+            globals_ = (self._head_graph.global_descriptors(feats) if self._head_graph is not None
+                        else global_descriptors(feats, self.refmap.head))
         return [QueryFeatures(feats[i:i + 1], globals_[i]) for i in range(len(images))]
 
     def retrieve(self, query: QueryFeatures, k: int | None = None, stamp: float | None = None) -> Candidates:

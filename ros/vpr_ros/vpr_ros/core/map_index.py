@@ -271,10 +271,11 @@ def search_parameters(index: Any, nprobe: int, ef_search: int, k: int) -> Any:
 
 
 def search(index: Any, spec: IndexSpec, descriptors: np.ndarray, queries: np.ndarray, k: int,
-           settings: SearchConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+           settings: SearchConfig | None = None, placement: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows by inner product: the index's own answer, or for approximate indexes with refine > 1 the
     best ``k`` of its top ``k * refine`` re-scored exactly against ``descriptors`` (memory-mapped: only the
-    candidates' rows are read).
+    candidates' rows are read). ``placement`` (:class:`vpr_ros.core.gpu_index.IndexPlacement`): a GPU copy of an
+    exact index searches there; approximate indexes search on the CPU, where their per-call parameters apply.
 
     Shape:
         queries (B, P) float32 -> similarities (B, k) float32 and rows (B, k) int64, -1 where fewer exist.
@@ -282,6 +283,8 @@ def search(index: Any, spec: IndexSpec, descriptors: np.ndarray, queries: np.nda
     nprobe, ef_search, refine = spec.resolved(settings)
     n = index.ntotal
     fetch = min(n, k * refine) if spec.approximate and refine > 1 else k
+    if placement is not None and not spec.approximate:
+        index = placement.index_for(index, fetch)
     params = search_parameters(index, nprobe, ef_search, fetch)
     sims, rows = index.search(queries, fetch, params=params) if params is not None else index.search(queries, fetch)
     if fetch == k:

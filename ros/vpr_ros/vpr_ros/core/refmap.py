@@ -124,6 +124,8 @@ class ReferenceMap:
     #: The file ``_index`` is memory-mapped from (read-only), None when it is in RAM: adding to it reads the file
     #: into RAM first.
     _index_file: Path | None = field(default=None, repr=False)
+    #: Where searches run when :meth:`place_search` was called (:mod:`vpr_ros.core.gpu_index`); None: the CPU.
+    _placement: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.descriptors = np.ascontiguousarray(self.descriptors, dtype=np.float32)
@@ -164,7 +166,16 @@ class ReferenceMap:
         k = min(int(k), len(self))
         index = self.index
         assert self.index_spec is not None
-        return map_index.search(index, self.index_spec, self.descriptors, queries, k, settings)
+        return map_index.search(index, self.index_spec, self.descriptors, queries, k, settings, self._placement)
+
+    def place_search(self, device: str) -> str:
+        """Search this map on ``device`` (``cpu``, ``cuda`` or ``auto``: a GPU copy of the index when FAISS can
+        make one, :func:`vpr_ros.core.gpu_index.place_index`); returns where searches now run (``cpu``,
+        ``cuda:0``)."""
+        from vpr_ros.core.gpu_index import place_index
+
+        self._placement = place_index(self.index, device)
+        return self._placement.device
 
     def append(self, frames: FrameTable, descriptors: np.ndarray,
                arrays: dict[str, np.ndarray] | None = None, retrain: bool = False) -> None:

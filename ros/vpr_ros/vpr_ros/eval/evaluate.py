@@ -147,6 +147,7 @@ def run(refmap: ReferenceMap | str | Path, queries: FrameSource | str | Path,
     map_path = None if isinstance(refmap, ReferenceMap) else Path(refmap)
     if map_path is not None:
         refmap = ReferenceMap.load(map_path, verify=settings.verify_map)
+    refmap.place_search(settings.search_device)
     queries = as_frame_source(queries)
     if len(queries) == 0:
         raise InputError("no query frames to evaluate")

@@ -288,6 +288,7 @@ class LocalizeNode(LifecycleNode):
                 localizer = Localizer(online, online.encoder, config.localizer)
             else:
                 localizer = Localizer.from_paths(config.map_path, config.localizer, verify=config.verify_map)
+                localizer.refmap.place_search(config.search_device)
         except Exception as exc:
             self.map_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"cannot load map {config.map_path}: {self.map_error}")

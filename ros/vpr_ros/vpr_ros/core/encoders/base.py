@@ -19,8 +19,14 @@ class EncoderConfig:
     model: str = setting("models/efficientnet_lite0_b10.onnx",
                          "ONNX model file (its model card, same name .yaml, must lie beside it), or a "
                          "weights-free encoder such as thumbnail:64x32,patch=8 (SeqSLAM-style thumbnails)")
-    device: str = setting("auto", "ONNX Runtime device: auto = CUDA when available, else CPU",
-                          choices=("auto", "cuda", "cpu"))
+    device: str = setting("auto", "ONNX Runtime device: auto = CUDA when available, else CPU; cuda / tensorrt need "
+                          "the GPU build of ONNX Runtime (make gpu-venv) and fail at start without it; tensorrt "
+                          "compiles an engine per input size at first use (minutes) and caches it",
+                          choices=("auto", "cuda", "tensorrt", "cpu"))
+    tensorrt_fp16: bool = setting(True, "device tensorrt: build half-precision engines (faster; descriptors then "
+                                  "differ from float32 ones: make gpu-check measures by how much)")
+    tensorrt_cache: str = setting("~/.cache/vpr_ros/tensorrt", "device tensorrt: engine cache directory (one "
+                                  "subdirectory per model hash, input size and precision)")
     threads: int = setting(0, "CPU threads for ONNX Runtime (0 = one per core)", min=0)
     batch_size: int = setting(8, "images per ONNX Runtime call when encoding many images", min=1)
 

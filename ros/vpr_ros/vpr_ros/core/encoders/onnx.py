@@ -1,5 +1,11 @@
 """Image encoder: ONNX model + model card -> local feature maps, run with ONNX Runtime (CUDA when present).
 
+``encoder.device`` picks ONNX Runtime's provider (:func:`vpr_ros.core.ort.providers`): ``cpu``, ``cuda``,
+``tensorrt`` (an engine per input size, built at first use and cached under ``encoder.tensorrt_cache``) or
+``auto``. A GPU device this ONNX Runtime lacks is refused at start with one line. On a GPU the batch is run with
+IO binding (:class:`vpr_ros.core.ort.BoundRunner`): :meth:`OnnxEncoder.device_features` leaves the feature maps in
+device memory for the graphs that follow, :meth:`OnnxEncoder.features` copies them to the host once.
+
 A model is an ONNX file plus a model card (same stem, ``.yaml``) that says what the graph expects and
 returns. The graph takes RGB float32 (B, 3, H, W) in 0..255 (normalisation lives inside the graph, so no
 preprocessing constant can drift between training, export and the node). The card's ``kind`` says what
@@ -29,19 +35,6 @@ from vpr_ros.core.vlad import VladHead
 from vpr_ros.errors import InputError
 
 
-def _providers(device: str) -> list[str]:
-    from vpr_ros.core.ort import onnxruntime
-
-    available = onnxruntime.get_available_providers()
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise RuntimeError(f"device 'cuda' requested but ONNX Runtime offers only {available}")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
 class OnnxEncoder:
     """Runs an encoder ONNX model on RGB images.
 
@@ -65,8 +58,18 @@ class OnnxEncoder:
             raise InputError(
                 f"{self.model_path}: sha256 {self.sha256[:12]}... does not match its model card "
                 f"({self.card.onnx_sha256[:12]}...): the file was changed or the card is stale")
-        self.session = ort.session(self.model_path, _providers(self.config.device), self.config.threads)
-        self.providers = self.session.get_providers()
+        # Refused here, at start, when the device's provider is missing (one line naming encoder.device).
+        requested = ort.providers(self.config.device, what="encoder.device")
+        #: One session for cpu / cuda (key None); tensorrt: one per input size (its engines are per shape).
+        self._sessions: dict[tuple[int, int] | None, Any] = {}
+        self._runners: dict[tuple[int, int] | None, ort.BoundRunner] = {}
+        if self.config.device == "tensorrt":
+            self.session = None
+            self.providers = [p if isinstance(p, str) else p[0] for p in requested]
+        else:
+            self.session = ort.session(self.model_path, requested, self.config.threads, what="encoder.device")
+            self._sessions[None] = self.session
+            self.providers = self.session.get_providers()
         # A failed run raises with the whole message; ONNX Runtime's own log line of it would be a second copy.
         self._run_options = ort.onnxruntime.RunOptions()
         self._run_options.log_severity_level = 4
@@ -84,6 +87,50 @@ class OnnxEncoder:
             raise InputError(f"{path}: sha256 does not match the model card (file changed or card stale)")
         with np.load(path) as npz:
             return VladHead.from_arrays(dict(npz))
+
+    def _session_key(self, height: int, width: int) -> tuple[int, int] | None:
+        return (height, width) if self.config.device == "tensorrt" else None
+
+    def session_for(self, height: int, width: int) -> Any:
+        """The ONNX Runtime session that runs inputs of (height, width); with ``tensorrt``, made (and its engine
+        built or read from the cache) on first use of that size."""
+        from vpr_ros.core import ort
+
+        key = self._session_key(height, width)
+        if key not in self._sessions:
+            trt = ort.TensorrtSettings(self.config.tensorrt_cache, self.sha256, self.card.input_name,
+                                       self.config.batch_size, 3, height, width, self.config.tensorrt_fp16)
+            trt.cache_dir.mkdir(parents=True, exist_ok=True)
+            requested = ort.providers("tensorrt", what="encoder.device", tensorrt=trt)
+            self._sessions[key] = ort.session(self.model_path, requested, self.config.threads, what="encoder.device")
+            self.session = self._sessions[key]
+            self.providers = self.session.get_providers()
+        return self._sessions[key]
+
+    def _runner(self, height: int, width: int) -> Any:
+        from vpr_ros.core import ort
+
+        key = self._session_key(height, width)
+        if key not in self._runners:
+            self._runners[key] = ort.BoundRunner(self.session_for(height, width))
+        return self._runners[key]
+
+    @property
+    def on_gpu(self) -> bool:
+        from vpr_ros.core import ort
+
+        return ort.device_of(self.providers) == "cuda"
+
+    def device_features(self, images: list[np.ndarray], height: int, width: int) -> Any:
+        """Local features of one batch (at most ``batch_size`` images), left where the session keeps them: an
+        ``OrtValue`` in GPU memory on cuda / tensorrt, to be fed to the next graph without a copy."""
+        self.check_input_size(height, width)
+        if len(images) > self.config.batch_size:
+            raise ValueError(f"device_features takes one batch of at most {self.config.batch_size} images, "
+                             f"got {len(images)}")
+        batch = to_network_input(images, height, width)
+        return self._runner(height, width).run({self.card.input_name: batch}, [self.card.output_name])[0]
+
     @property
     def id(self) -> str:
         return self.card.id
@@ -115,9 +162,12 @@ class OnnxEncoder:
         bs = self.config.batch_size
         try:
             for start in range(0, len(images), bs):
+                if self.on_gpu:
+                    out.append(self.device_features(images[start:start + bs], height, width).numpy())
+                    continue
                 batch = to_network_input(images[start:start + bs], height, width)
-                out.append(self.session.run([self.card.output_name], {self.card.input_name: batch},
-                                            self._run_options)[0])
+                out.append(self.session_for(height, width).run([self.card.output_name],
+                                                               {self.card.input_name: batch}, self._run_options)[0])
         except Exception as exc:
             # numpy raises MemoryError, ONNX Runtime its own Fail ("Failed to allocate memory for requested
             # buffer"): either way the input size asked for more memory than this machine gives.

@@ -36,7 +36,7 @@ SIMILARITY_BLOCK = 1 << 23
 INT8_ZERO_POINT = 128
 #: Package data folder (beside this module) of the ONNX graphs, one per store encoding.
 GRAPH_DIRECTORY = "graphs"
-_sessions: dict[tuple[str, int], Any] = {}
+_sessions: dict[tuple[str, int, str], Any] = {}
 _lock = threading.Lock()
 
 
@@ -63,13 +63,14 @@ def _graph(encoding: str) -> bytes:
             f"{__package__}); reinstall the package") from None
 
 
-def _session(encoding: str, threads: int) -> Any:
+def _session(encoding: str, threads: int, device: str = "cpu") -> Any:
     from vpr_ros.core import ort
 
-    key = (encoding, threads)
+    key = (encoding, threads, device)
     with _lock:
         if key not in _sessions:
-            _sessions[key] = ort.session(_graph(encoding), threads=threads)
+            _sessions[key] = ort.session(_graph(encoding), ort.providers(device, what="rerank.device"), threads,
+                                         what="rerank.device")
         return _sessions[key]
 
 
@@ -79,31 +80,43 @@ def quantise_query(query: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(query * (127.0 / peak)), -127, 127).astype(np.int8)
 
 
-def nearest_patches(query: np.ndarray, refs: np.ndarray, encoding: str, threads: int = 0) -> PatchMatches:
+def matcher_query(query: np.ndarray, encoding: str) -> np.ndarray:
+    """(n_q, P) float32 query patch descriptors -> the (P, n_q) query the ``encoding`` graph takes (int8 for int8)."""
+    if encoding == "int8":
+        return np.ascontiguousarray(quantise_query(query).T)
+    return np.ascontiguousarray(query.T, dtype=np.float32)
+
+
+def nearest_patches(query: np.ndarray | None, refs: np.ndarray, encoding: str, threads: int = 0,
+                    query_t: np.ndarray | None = None, device: str = "cpu") -> PatchMatches:
     """Mutual nearest neighbours (eq. 3) of one query against every candidate.
 
     Args:
-        query: (n_q, P) float32 L2-normalised query patch descriptors.
+        query: (n_q, P) float32 L2-normalised query patch descriptors (None when ``query_t`` is given).
         refs: (B, n_r, P) stored candidate patches in ``encoding`` (codes, not dequantised).
         encoding: ``float32``, ``float16`` or ``int8`` (module docstring).
         threads: ONNX Runtime intra-op threads (0 = one per core).
+        query_t: the query already in the graph's layout and type, (P, n_q) float32 or, for int8, int8 codes
+            (:func:`matcher_query`, or the query patch graph's outputs): no transpose or quantisation here.
+        device: where the graph runs (``cpu``, ``cuda``, ``auto``; :func:`vpr_ros.core.ort.providers`).
 
     Returns:
         :class:`PatchMatches` with (B, n_r) nearest query indices and mutual flags.
     """
-    if query.ndim != 2 or refs.ndim != 3 or refs.shape[2] != query.shape[1]:
-        raise ValueError(f"expected query (n_q, P) and refs (B, n_r, P), got {query.shape} and {refs.shape}")
+    if query_t is None:
+        if query is None or query.ndim != 2:
+            raise ValueError(f"expected query (n_q, P), got {None if query is None else query.shape}")
+        query_t = matcher_query(query, encoding)
+    expected_query = np.int8 if encoding == "int8" else np.float32
+    if query_t.ndim != 2 or query_t.dtype != expected_query or refs.ndim != 3 or refs.shape[2] != query_t.shape[0]:
+        raise ValueError(f"expected query_t ({np.dtype(expected_query).name} (P, n_q)) and refs (B, n_r, P), got "
+                         f"{query_t.dtype}{query_t.shape} and {refs.shape}")
     b, n_r, _ = refs.shape
-    n_q = query.shape[0]
-    if encoding == "int8":
-        query_t = np.ascontiguousarray(quantise_query(query).T)
-        expected = np.uint8
-    else:
-        query_t = np.ascontiguousarray(query.T, dtype=np.float32)
-        expected = np.float16 if encoding == "float16" else np.float32
+    n_q = query_t.shape[1]
+    expected = {"int8": np.uint8, "float16": np.float16}.get(encoding, np.float32)
     if refs.dtype != expected:
         raise ValueError(f"{encoding} patch store must hold {np.dtype(expected).name} codes, got {refs.dtype}")
-    session = _session(encoding, threads)
+    session = _session(encoding, threads, device)
     chunk = max(1, SIMILARITY_BLOCK // max(n_r * n_q, 1))
     nearest_query = np.empty((b, n_r), dtype=np.int64)
     nearest_ref = np.empty((b, n_q), dtype=np.int64)

@@ -11,9 +11,13 @@ performance    2, 5, 8      .45 .15  4096    ransac   float16  Multi-RANSAC-Patc
 balanced       2, 5, 8      as above 512     rapid    float16  Multi-Spatial-Patch-NetVLAD (table 2), 512-D
 speed          5            1        512     rapid    int8     Single-Spatial, 512-D (official speed.ini)
 storage        5            1        128     rapid    int8     D_PCA 128, "SIFT-like" memory (storage.ini)
+realtime       5 (stride 2) 1        512     rapid    int8     ours: speed on every second patch centre
 =============  ===========  =======  ======  =======  =======  ===============================================
 
-Strides are 1. The paper's sizes are for a 30x40 feature map (640x480 input, VGG16 stride 16); on other
+Strides are 1, except ``realtime``: its patches start at every second feature cell in both directions, a quarter
+of the patches of ``speed`` and a sixteenth of its matching work, which is what lets re-ranking of the top 20 fit
+beside the encoder in 66 ms (15 Hz) at 640x480 on 2 CPU cores (``python -m bench pipeline_640``; README
+"Real time"). The paper's sizes are for a 30x40 feature map (640x480 input, VGG16 stride 16); on other
 grids they are scaled by ``rows / 30`` (rounded, at least 1) so a patch keeps covering the same fraction
 of the image (the paper's size 5 is "a 228 by 228 pixel area" of 480 rows). ``dim`` keeps the leading
 rows of the model's projection (PCA / WPCA) and is capped by the projection's size: maps fitted on few
@@ -57,6 +61,7 @@ PRESETS: dict[str, PatchPreset] = {
     "balanced": PatchPreset((2, 5, 8), (1, 1, 1), (0.45, 0.15, 0.40), 512, "rapid", "float16"),
     "speed": PatchPreset((5,), (1,), (1.0,), 512, "rapid", "int8"),
     "storage": PatchPreset((5,), (1,), (1.0,), 128, "rapid", "int8"),
+    "realtime": PatchPreset((5,), (2,), (1.0,), 512, "rapid", "int8"),
 }
 
 

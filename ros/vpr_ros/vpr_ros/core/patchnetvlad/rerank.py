@@ -21,6 +21,7 @@ from vpr_ros.config import setting
 from vpr_ros.core.patchnetvlad.descriptors import STRATEGIES, PatchGrid, patch_descriptors
 from vpr_ros.core.patchnetvlad.matching import nearest_patches
 from vpr_ros.core.patchnetvlad.presets import PRESETS, SCORERS
+from vpr_ros.core.patchnetvlad.query_graph import QueryPatchGraph
 from vpr_ros.core.patchnetvlad.scoring import (
     FUSIONS,
     PatchMatches,
@@ -37,6 +38,7 @@ from vpr_ros.core.patchnetvlad.store import (
     decode,
     resolve_spec,
 )
+from vpr_ros.core.profiling import step
 from vpr_ros.core.refmap import MapError, ReferenceMap
 
 
@@ -57,9 +59,18 @@ class RerankConfig:
                           choices=FUSIONS)
     ransac_tolerance: float = setting(1.0, "RANSAC inlier tolerance in patch strides (paper: 1; the official "
                                       "code uses 1.5)", min=0.0)
-    strategy: str = setting("auto", "query patch projection: direct, shared or auto (same result)",
-                            choices=STRATEGIES)
+    strategy: str = setting("auto", "query patch projection of the numpy path (debug views; re-ranking runs the "
+                            "query patch ONNX graph): direct, shared or auto (same result)", choices=STRATEGIES)
     threads: int = setting(0, "ONNX Runtime threads for patch matching (0 = one per core)", min=0)
+    coarse_stride: int = setting(1, "two-stage re-ranking: score every candidate on every coarse_stride-th patch "
+                                 "centre in both directions first (a 1/coarse_stride^2 of the patches, "
+                                 "1/coarse_stride^4 of the matching), then only the best fine_candidates on all "
+                                 "patches; 1 = one stage, every candidate on all patches", min=1)
+    fine_candidates: int = setting(5, "candidates the second stage scores on all patches (coarse_stride > 1); "
+                                   "the others follow in their first-stage order", min=1)
+    device: str = setting("cpu", "where the query patch and matching graphs run: cpu, cuda (ONNX Runtime's CUDA "
+                          "provider, make gpu-venv; refused at start without it) or auto (CUDA when offered)",
+                          choices=("auto", "cpu", "cuda"))
 
 
 def stored_spec(refmap: ReferenceMap) -> PatchSpec | None:
@@ -178,6 +189,15 @@ class Reranker:
         self.grid_indices = [g.grid_indices() for g in spec.grids]
         self.centres = [g.centres() for g in spec.grids]
         self.bounds = [rapid_spatial_score_bound((g.cols - 1, g.rows - 1)) for g in spec.grids]
+        # First stage of two-stage re-ranking: the patches on every k-th centre in both directions are exactly
+        # the patches of the same size at k times the stride, so their positions are taken on that coarser grid.
+        k = self.config.coarse_stride
+        self.coarse_patches = [np.flatnonzero((g % k == 0).all(axis=1)) for g in self.grid_indices]
+        self.coarse_grid_indices = [g[sub] // k for g, sub in zip(self.grid_indices, self.coarse_patches, strict=True)]
+        self.coarse_bounds = [rapid_spatial_score_bound(((g.cols - 1) // k, (g.rows - 1) // k)) for g in spec.grids]
+        # The query's patches in one ONNX Runtime call per size, already in the matcher's layout and type.
+        self.query_graph = QueryPatchGraph(refmap.head, spec.grids, spec.dim, self.config.threads,
+                                           self.config.device)
 
     @property
     def stores(self) -> list[np.ndarray]:
@@ -187,11 +207,20 @@ class Reranker:
 
     def query_patches(self, features: np.ndarray) -> list[np.ndarray]:
         """Query feature map (1, D, h, w) -> per patch size (n_p, P) float32 descriptors."""
-        return [p[0] for p in patch_descriptors(features, self.refmap.head, self.spec.grids, self.spec.dim,
-                                                 self.config.strategy)]
+        return [query_t.T for query_t, _ in self.query_graph.run(features)]
 
-    def scale_scores(self, query: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-        """(B, S) per-size scores in [0, 1] of map rows ``rows`` against the query patches."""
+    def matcher_queries(self, features: np.ndarray) -> list[np.ndarray]:
+        """Query feature map (1, D, h, w) -> per patch size the (P, n_p) query the matcher takes for the store's
+        encoding (int8 codes for an int8 store): no transpose or quantisation left for :meth:`scale_scores`."""
+        with step("query_patches"):
+            per_size = self.query_graph.run(features)
+        return [q8 if self.spec.encoding == "int8" else q for q, q8 in per_size]
+
+    def scale_scores(self, query: list[np.ndarray] | None, rows: np.ndarray,
+                     query_t: list[np.ndarray] | None = None, coarse: bool = False) -> np.ndarray:
+        """(B, S) per-size scores in [0, 1] of map rows ``rows`` against the query patches: ``query`` per size
+        (n_p, P) float32, or ``query_t`` per size in the matcher's layout (:meth:`matcher_queries`). ``coarse``:
+        on the first stage's patches only (``coarse_stride``), as a map storing that stride would score them."""
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.zeros((len(rows), len(self.spec.grids)))
         if len(rows) == 0:
@@ -203,16 +232,28 @@ class Reranker:
         inverse[order] = np.arange(len(order))
         stores = self.stores
         for s, grid in enumerate(self.spec.grids):
-            sorted_matches = nearest_patches(query[s], np.asarray(stores[s][rows[order]]), self.spec.encoding,
-                                             self.config.threads)
+            sub = self.coarse_patches[s] if coarse else slice(None)
+            positions = self.coarse_grid_indices[s] if coarse else self.grid_indices[s]
+            with step("store_gather"):
+                # The first stage reads only its patches of each candidate (a quarter at stride 2), not whole frames.
+                refs = np.asarray(stores[s][np.ix_(rows[order], sub)] if coarse else stores[s][rows[order]])
+            with step("matching"):
+                sorted_matches = nearest_patches(None if query is None else query[s][sub], refs, self.spec.encoding,
+                                                 self.config.threads,
+                                                 None if query_t is None else np.ascontiguousarray(query_t[s][:, sub]),
+                                                 self.config.device)
             matches = PatchMatches(sorted_matches.nearest_query[inverse], sorted_matches.mutual[inverse],
                                    sorted_matches.n_query)
-            if self.scorer == "ransac":
-                tolerance = self.config.ransac_tolerance * grid.stride * grid.pixel_stride
-                scores[:, s] = ransac_scores(matches, self.centres[s], self.centres[s], tolerance)
-            else:
-                rapid = rapid_spatial_scores(matches, self.grid_indices[s], self.grid_indices[s])
-                scores[:, s] = rapid / self.bounds[s]
+            with step("spatial_score"):
+                if self.scorer == "ransac":
+                    tolerance = self.config.ransac_tolerance * grid.stride * grid.pixel_stride
+                    if coarse:
+                        tolerance *= self.config.coarse_stride
+                    centres = self.centres[s][sub]
+                    scores[:, s] = ransac_scores(matches, centres, centres, tolerance)
+                else:
+                    rapid = rapid_spatial_scores(matches, positions, positions)
+                    scores[:, s] = rapid / (self.coarse_bounds[s] if coarse else self.bounds[s])
         return scores
 
     def explain(self, features: np.ndarray, row: int, scale: int | None = None) -> PatchCorrespondences:
@@ -235,7 +276,7 @@ class Reranker:
         grid = self.spec.grids[scale]
         query = patch_descriptors(features, self.refmap.head, [grid], self.spec.dim, self.config.strategy)[0][0]
         codes = np.asarray(self.stores[scale][row:row + 1])
-        matches = nearest_patches(query, codes, self.spec.encoding, self.config.threads)
+        matches = nearest_patches(query, codes, self.spec.encoding, self.config.threads, device=self.config.device)
         ref_patches = np.flatnonzero(matches.mutual[0])
         query_patches = matches.nearest_query[0, ref_patches]
         scale_name = self.spec.array_name(grid) + "_scale"
@@ -249,7 +290,33 @@ class Reranker:
 
     def rerank(self, features: np.ndarray, rows: np.ndarray) -> RerankResult:
         """Re-order candidate map rows (best retrieval first) by fused patch score; ties keep retrieval order."""
-        per_scale = self.scale_scores(self.query_patches(features), rows)
-        fused, weights = fuse_scales(per_scale, np.asarray(self.spec.weights), self.config.fusion)
-        order = np.argsort(-fused, kind="stable")
-        return RerankResult(order, fused[order].astype(np.float32), per_scale[order], weights)
+        return self.rank(self.matcher_queries(features), rows)
+
+    def rank(self, query_t: list[np.ndarray], rows: np.ndarray) -> RerankResult:
+        """:meth:`rerank` for query patches already in the matcher's layout (:meth:`matcher_queries`).
+
+        With ``coarse_stride`` > 1 and more candidates than ``fine_candidates``, two stages: every candidate on
+        the coarse patches, then the best ``fine_candidates`` of them (in retrieval order, for stable ties) on
+        all patches. Those come first, ordered by their full score; the others follow in first-stage order,
+        their scores capped at the lowest full score so that scores never rise down the list.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        weights = np.asarray(self.spec.weights)
+        fine = np.arange(len(rows))
+        coarse_order = None
+        if self.config.coarse_stride > 1 and len(rows) > self.config.fine_candidates:
+            with step("coarse"):
+                coarse = self.scale_scores(None, rows, query_t, coarse=True)
+                coarse_fused, _ = fuse_scales(coarse, weights, self.config.fusion)
+                first = np.argsort(-coarse_fused, kind="stable")
+                fine, coarse_order = np.sort(first[:self.config.fine_candidates]), first[self.config.fine_candidates:]
+        per_scale = self.scale_scores(None, rows[fine], query_t)
+        with step("fuse"):
+            fused, effective = fuse_scales(per_scale, weights, self.config.fusion)
+            best = np.argsort(-fused, kind="stable")
+            order, scores, per_scale = fine[best], fused[best], per_scale[best]
+            if coarse_order is not None:
+                order = np.concatenate([order, coarse_order])
+                scores = np.concatenate([scores, np.minimum(coarse_fused[coarse_order], fused.min())])
+                per_scale = np.concatenate([per_scale, coarse[coarse_order]])
+        return RerankResult(order, scores.astype(np.float32), per_scale, effective)
