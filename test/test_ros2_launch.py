@@ -241,13 +241,16 @@ def test_colcon_install_holds_executables_launch_file_configs_and_interfaces(ros
     share = ros_workspace / "vpr_ros" / "share" / "vpr_ros"
     for name in ("launch/localize.launch.py", "config/localize.yaml", "config/build_map.yaml", "config/vpr_ros.rviz"):
         assert (share / name).is_file(), f"{name} not installed"
-    # The default encoder with its card and licence, and the patch-matching graphs (package data): a colcon
-    # install localizes without torch or onnx (test/test_no_torch.py).
+    # The default encoder with its card and licence, and the shipped ONNX graphs (patch matching, query patches,
+    # VLAD head; package data): a colcon install localizes without torch or onnx (test/test_no_torch.py).
     for name in ("efficientnet_lite0_b10.onnx", "efficientnet_lite0_b10.yaml", "LICENSE.efficientnet_lite0"):
         assert (share / "models" / name).read_bytes() == (PACKAGE_ROOT / "models" / name).read_bytes(), name
     graphs = list((ros_workspace / "vpr_ros" / "lib").glob("python3*/site-packages/vpr_ros/core/patchnetvlad/graphs"))
-    assert len(graphs) == 1 and {p.name for p in graphs[0].glob("*.onnx")} == {
-        f"mutual_nn_{e}.onnx" for e in ("float32", "float16", "int8")}
+    shipped = {f"mutual_nn_{e}.onnx" for e in ("float32", "float16", "int8")} | {"query_patches.onnx", "vlad_head.onnx"}
+    assert len(graphs) == 1 and {p.name for p in graphs[0].glob("*.onnx")} == shipped
+    for name in shipped:
+        source = PACKAGE_ROOT / "vpr_ros" / "core" / "patchnetvlad" / "graphs" / name
+        assert (graphs[0] / name).read_bytes() == source.read_bytes(), name
     interfaces = ros_workspace / "vpr_ros_interfaces" / "share" / "vpr_ros_interfaces"
     assert {p.name for p in (interfaces / "msg").glob("*.msg")} >= {"PlaceCandidate.msg", "PlaceCandidates.msg",
                                                                     "LoopClosure.msg"}
