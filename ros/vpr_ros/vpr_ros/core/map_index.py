@@ -209,8 +209,8 @@ def build_index(descriptors: np.ndarray, config: IndexConfig | IndexSpec | None 
     n, d = descriptors.shape
     spec = config if isinstance(config, IndexSpec) else choose_index(n, d, config)
     if spec.requested == AUTO:
-        log.info("index.factory auto: %s (nprobe %d, refine %d) for %d frames; %s", spec.factory, spec.nprobe,
-                 spec.refine, n, spec.reason)
+        settings = f" (nprobe {spec.nprobe}, refine {spec.refine})" if spec.approximate else ""
+        log.info("index.factory auto: %s%s for %d frames; %s", spec.factory, settings, n, spec.reason)
     try:
         index = faiss.index_factory(d, spec.factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
