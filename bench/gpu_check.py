@@ -191,11 +191,9 @@ def bench_encoder(refmap: Any, queries: list[np.ndarray], tensorrt: bool, repeat
 
 def bench_matching(refmap: Any, queries: list[np.ndarray], repeats: int, device: str = "cuda") -> dict[str, Any]:
     """The re-ranking's matching graph on 100 candidates, CPU vs ``device``, and the whole CPU re-ranking."""
-    import importlib.resources
-
     from vpr_ros.core import ort
     from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
-    from vpr_ros.core.patchnetvlad import matching
+    from vpr_ros.core.patchnetvlad import matching, shipped_graphs
     from vpr_ros.core.patchnetvlad.rerank import RerankConfig, Reranker, resolve_method
 
     H, W = input_hw(refmap)
@@ -206,12 +204,8 @@ def bench_matching(refmap: Any, queries: list[np.ndarray], repeats: int, device:
     rows = np.sort(g[g >= 0])
     query = reranker.query_patches(features)[0]
     store = np.ascontiguousarray(np.asarray(reranker.stores[0])[rows])
-    if spec.encoding == "int8":
-        query_t = np.ascontiguousarray(matching.quantise_query(query).T)
-    else:
-        query_t = np.ascontiguousarray(query.T, dtype=np.float32)
-    graph = importlib.resources.files("vpr_ros.core.patchnetvlad").joinpath(
-        matching.GRAPH_DIRECTORY, matching.graph_file_name(spec.encoding)).read_bytes()
+    query_t = matching.matcher_query(query, spec.encoding)
+    graph = shipped_graphs.graph_bytes(matching.graph_file_name(spec.encoding), matching.WHAT)
     cpu = ort.session(graph)
     gpu = ort.BoundRunner(ort.session(graph, ort.providers(device), what="matching"))
     resident = gpu.upload(store)

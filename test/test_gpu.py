@@ -9,7 +9,6 @@ checks the selection logic and its error lines on this machine's real ONNX Runti
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import os
 import subprocess
@@ -28,7 +27,7 @@ from vpr_ros.core import gpu_index, ort
 from vpr_ros.core.encoders import EncoderConfig, OnnxEncoder
 from vpr_ros.core.localize_config import LocalizeNodeConfig
 from vpr_ros.core.localizer import Localizer, LocalizerConfig
-from vpr_ros.core.patchnetvlad import matching
+from vpr_ros.core.patchnetvlad import matching, shipped_graphs
 from vpr_ros.core.patchnetvlad.rerank import RerankConfig
 from vpr_ros.core.refmap import ReferenceMap
 
@@ -41,8 +40,7 @@ GLOBAL_MIN_COSINE = gpu_check.GLOBAL_MIN_COSINE
 
 
 def graph_bytes(encoding: str) -> bytes:
-    return importlib.resources.files("vpr_ros.core.patchnetvlad").joinpath(
-        matching.GRAPH_DIRECTORY, matching.graph_file_name(encoding)).read_bytes()
+    return shipped_graphs.graph_bytes(matching.graph_file_name(encoding), matching.WHAT)
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:

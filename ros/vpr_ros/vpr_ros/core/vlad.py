@@ -156,6 +156,20 @@ class VladHead:
         """(B, D, h, w) -> global descriptors (B, output_dim), L2-normalised float32."""
         return self.project(self.vlad(features))
 
+    def graph_inputs(self, what: str, dim: int = 0) -> dict[str, np.ndarray]:
+        """This head as the inputs of the shipped ONNX graphs that run it (:class:`VladHeadGraph`, the query patch
+        graph): the leading ``dim`` projection rows (0 = all), contiguous float32 that ONNX Runtime reads in
+        place; ``what`` names the graph when the head has no projection."""
+        if self.projection is None or self.projection_bias is None:
+            raise ValueError(f"{what} needs a head with a projection (PCA / WPCA: vlad.pca_dim > 0)")
+        rows = self.projection.shape[0] if dim <= 0 else min(dim, self.projection.shape[0])
+        return {"normalize_input": np.array(bool(self.normalize_input)),
+                "centroids": np.ascontiguousarray(self.centroids, np.float32),
+                "assign_weight": np.ascontiguousarray(self.assign_weight, np.float32),
+                "assign_bias": np.ascontiguousarray(self.assign_bias, np.float32),
+                "projection": np.ascontiguousarray(self.projection[:rows], np.float32),
+                "projection_bias": np.ascontiguousarray(self.projection_bias[:rows], np.float32)}
+
     # ---- storage ---------------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"centroids": self.centroids, "assign_weight": self.assign_weight,
@@ -187,21 +201,10 @@ class VladHeadGraph:
     """
 
     def __init__(self, head: VladHead, threads: int = 0, device: str = "cpu") -> None:
-        import importlib.resources
+        from vpr_ros.core.patchnetvlad.shipped_graphs import graph_session
 
-        from vpr_ros.core import ort
-
-        if head.projection is None or head.projection_bias is None:
-            raise ValueError("the VLAD head graph needs a head with a projection")
-        resource = importlib.resources.files("vpr_ros.core.patchnetvlad").joinpath("graphs", HEAD_GRAPH_FILE_NAME)
-        self.session = ort.session(resource.read_bytes(), ort.providers(device, what="encoder.device"), threads,
-                                   what="encoder.device")
-        self.inputs = {"normalize_input": np.array(bool(head.normalize_input)),
-                       "centroids": np.ascontiguousarray(head.centroids, np.float32),
-                       "assign_weight": np.ascontiguousarray(head.assign_weight, np.float32),
-                       "assign_bias": np.ascontiguousarray(head.assign_bias, np.float32),
-                       "projection": np.ascontiguousarray(head.projection, np.float32),
-                       "projection_bias": np.ascontiguousarray(head.projection_bias, np.float32)}
+        self.inputs = head.graph_inputs("the VLAD head graph")
+        self.session = graph_session(HEAD_GRAPH_FILE_NAME, "VLAD head graph", threads, device, "encoder.device")
         self.feature_dim = head.feature_dim
 
     def global_descriptors(self, features: np.ndarray) -> np.ndarray:

@@ -20,58 +20,38 @@ Store encodings (:mod:`vpr_ros.core.patchnetvlad.store`):
 
 from __future__ import annotations
 
-import importlib.resources
-import threading
 from typing import Any
 
 import numpy as np
 
 from vpr_ros.core.patchnetvlad.presets import ENCODINGS
 from vpr_ros.core.patchnetvlad.scoring import PatchMatches, mutual_from_nearest
+from vpr_ros.core.patchnetvlad.shipped_graphs import GRAPH_DIRECTORY, graph_bytes, graph_session
 
 #: Candidates per ONNX Runtime call are chosen so the similarity block holds about this many entries: one or
 #: two candidates per call pay ONNX Runtime's per-call overhead too often, larger blocks leave the cache.
 SIMILARITY_BLOCK = 1 << 23
 #: Zero point of the uint8 store codes (int8 + 128), an initializer of the int8 graph.
 INT8_ZERO_POINT = 128
-#: Package data folder (beside this module) of the ONNX graphs, one per store encoding.
-GRAPH_DIRECTORY = "graphs"
-_sessions: dict[tuple[str, int, str], Any] = {}
-_lock = threading.Lock()
+#: How a missing graph file is named (:func:`vpr_ros.core.patchnetvlad.shipped_graphs.graph_bytes`).
+WHAT = "Patch-NetVLAD matching graph"
 
 
 def graph_file_name(encoding: str) -> str:
     """File name of the mutual-NN graph for ``encoding`` in the package data folder :data:`GRAPH_DIRECTORY`."""
+    if encoding not in ENCODINGS:
+        raise ValueError(f"patch encoding {encoding!r} is not one of {list(ENCODINGS)}")
     return f"mutual_nn_{encoding}.onnx"
 
 
 def _graph(encoding: str) -> bytes:
-    """Serialized ONNX model: refs (C, R, P), query_t (P, Q) -> nearest query (C, R), nearest ref (C, Q).
-
-    Read from the package data, not built here: building it needs the ``onnx`` package, which the node does not
-    depend on (no rosdep key). ``vpr_training.export.matching_graphs`` generates the files, and a test checks
-    that the shipped ones are what it builds.
-    """
-    if encoding not in ENCODINGS:
-        raise ValueError(f"patch encoding {encoding!r} is not one of {list(ENCODINGS)}")
-    resource = importlib.resources.files(__package__).joinpath(GRAPH_DIRECTORY, graph_file_name(encoding))
-    try:
-        return resource.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Patch-NetVLAD matching graph {resource} missing: it ships with vpr_ros (package data of "
-            f"{__package__}); reinstall the package") from None
+    """Serialized ONNX model: refs (C, R, P), query_t (P, Q) -> nearest query (C, R), nearest ref (C, Q), from
+    the package data (:mod:`~vpr_ros.core.patchnetvlad.shipped_graphs`)."""
+    return graph_bytes(graph_file_name(encoding), WHAT, GRAPH_DIRECTORY)
 
 
 def _session(encoding: str, threads: int, device: str = "cpu") -> Any:
-    from vpr_ros.core import ort
-
-    key = (encoding, threads, device)
-    with _lock:
-        if key not in _sessions:
-            _sessions[key] = ort.session(_graph(encoding), ort.providers(device, what="rerank.device"), threads,
-                                         what="rerank.device")
-        return _sessions[key]
+    return graph_session(graph_file_name(encoding), WHAT, threads, device, "rerank.device")
 
 
 def quantise_query(query: np.ndarray) -> np.ndarray:

@@ -19,44 +19,29 @@ Same descriptors as the numpy path up to float32 rounding (test/test_query_patch
 
 from __future__ import annotations
 
-import importlib.resources
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from vpr_ros.core.patchnetvlad.descriptors import PatchGrid
+from vpr_ros.core.patchnetvlad.shipped_graphs import graph_bytes, graph_session
 from vpr_ros.core.vlad import VladHead
 
 #: File name of the graph in the package data folder (beside the matching graphs).
 GRAPH_FILE_NAME = "query_patches.onnx"
-GRAPH_DIRECTORY = "graphs"
 INPUTS = ("features", "normalize_input", "centroids", "assign_weight", "assign_bias", "window_index", "projection",
           "projection_bias")
 OUTPUTS = ("query_t", "query_t_int8")
-_sessions: dict[tuple[int, str], Any] = {}
-_lock = threading.Lock()
+WHAT = "Patch-NetVLAD query patch graph"
 
 
 def _graph() -> bytes:
-    resource = importlib.resources.files(__package__).joinpath(GRAPH_DIRECTORY, GRAPH_FILE_NAME)
-    try:
-        return resource.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Patch-NetVLAD query patch graph {resource} missing: it ships with vpr_ros (package data of "
-            f"{__package__}); reinstall the package") from None
+    return graph_bytes(GRAPH_FILE_NAME, WHAT)
 
 
 def _session(threads: int, device: str = "cpu") -> Any:
-    from vpr_ros.core import ort
-
-    with _lock:
-        if (threads, device) not in _sessions:
-            _sessions[threads, device] = ort.session(_graph(), ort.providers(device, what="rerank.device"), threads,
-                                                     what="rerank.device")
-        return _sessions[threads, device]
+    return graph_session(GRAPH_FILE_NAME, WHAT, threads, device, "rerank.device")
 
 
 def window_index(grid: PatchGrid) -> np.ndarray:
@@ -79,22 +64,13 @@ class QueryPatchGraph:
 
     def __init__(self, head: VladHead, grids: Sequence[PatchGrid], dim: int = 0, threads: int = 0,
                  device: str = "cpu") -> None:
-        if head.projection is None or head.projection_bias is None:
-            raise ValueError("patch descriptors need a head with a PCA / WPCA projection (vlad.pca_dim > 0)")
-        p_dim = head.projection.shape[0] if dim <= 0 else min(dim, head.projection.shape[0])
+        # Everything but the features is fixed: the head's arrays as the graph reads them.
+        self.inputs = head.graph_inputs("the query patch graph", dim)
         self.grids = tuple(grids)
         self.feature_hw = self.grids[0].feature_hw
         self.threads = threads
         self.device = device
         _session(threads, device)  # a device whose provider is missing fails here, at start, with one line
-        # Everything but the features is fixed: contiguous arrays that ONNX Runtime reads in place.
-        self.inputs: dict[str, np.ndarray] = {
-            "normalize_input": np.array(bool(head.normalize_input)),
-            "centroids": np.ascontiguousarray(head.centroids, np.float32),
-            "assign_weight": np.ascontiguousarray(head.assign_weight, np.float32),
-            "assign_bias": np.ascontiguousarray(head.assign_bias, np.float32),
-            "projection": np.ascontiguousarray(head.projection[:p_dim], np.float32),
-            "projection_bias": np.ascontiguousarray(head.projection_bias[:p_dim], np.float32)}
         self.windows = [window_index(g) for g in self.grids]
 
     @property
