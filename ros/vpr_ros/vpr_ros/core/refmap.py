@@ -316,7 +316,7 @@ class ReferenceMap:
         # Memory-mapped files are hashed in one streamed read each (two at a time: hashlib releases the GIL),
         # the others are read once into bytes that are hashed and parsed.
         mapped = {rel for rel in files if mmap and (rel.endswith(".npy") or (
-            rel == "global.faiss" and files[rel].stat().st_size >= index_in_ram_below))}
+            rel == "global.faiss" and manifest.files[rel].bytes >= index_in_ram_below))}  # size checked above
         if verify:
             with ThreadPoolExecutor(max_workers=2) as pool:
                 digests = dict(zip(sorted(mapped), pool.map(lambda rel: sha256_file(files[rel]), sorted(mapped)),
